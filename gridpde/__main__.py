@@ -1,0 +1,3 @@
+from gridpde.cli import main
+
+raise SystemExit(main())

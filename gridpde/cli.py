@@ -1,0 +1,100 @@
+"""The ``gridpde`` command line. No numerics here.
+
+Exit status: 0 success, 2 bad case file or arguments (one line naming what is
+wrong), 1 a run that failed after saving what it computed, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gridpde import __version__
+from gridpde.errors import CaseError, RunError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit status 2 with one line, as for case errors
+        self.exit(2, f"gridpde: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gridpde", description="Infinitely deep and wide transformers as a neural PDE.")
+    p.add_argument("--version", action="version", version=f"gridpde {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a case file and write an HDF5 result")
+    r.add_argument("case", type=Path)
+    r.add_argument("-o", "--output", type=Path, help="result file (default: [output] path)")
+    r.add_argument("--method", choices=["grid", "particles"], help="override [solver] method")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument("--no-plot", action="store_true", help="skip the figures")
+
+    v = sub.add_parser("validate", help="measure the solver against exact solutions")
+    v.add_argument("--quick", action="store_true", help="the subset the test suite runs")
+    v.add_argument("--only", metavar="NAME", help="run only the checks whose name contains NAME")
+
+    pl = sub.add_parser("plot", help="PNG figures of a result file")
+    pl.add_argument("result", type=Path)
+    pl.add_argument("-o", "--output", type=Path, help="folder for the figures")
+
+    i = sub.add_parser("info", help="what a result file holds")
+    i.add_argument("result", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except CaseError as exc:
+        print(f"gridpde: error: {exc}", file=sys.stderr)
+        return 2
+    except RunError as exc:
+        print(f"gridpde: run failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gridpde: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from gridpde.case import load_case
+    from gridpde.run import run_case
+
+    case = load_case(args.case)
+    if args.resume:
+        raise CaseError("--resume: there is nothing to resume for a forward run (no [train])")
+    out = args.output or Path(case.output.path)
+    run_case(case, out, method=args.method)
+    if case.output.plot and not args.no_plot:
+        from gridpde.plot import plot_result
+
+        for f in plot_result(out):
+            print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _validate(args) -> int:
+    from gridpde.validation.suite import run_suite
+
+    return 0 if run_suite(quick=args.quick, only=args.only) else 1
+
+
+def _plot(args) -> int:
+    from gridpde.plot import plot_result
+
+    for f in plot_result(args.result, args.output):
+        print(f)
+    return 0
+
+
+def _info(args) -> int:
+    from gridpde.results import describe
+
+    print(describe(args.result))
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "plot": _plot, "info": _info}

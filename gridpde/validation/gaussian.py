@@ -1,0 +1,66 @@
+"""The exact solution for Gaussian prompts (MODEL.md section 7).
+
+For mu = N(m, S) every head's field is affine, Att[mu](x) = V (m + S B x), so
+the prompt stays Gaussian with
+
+    dm/ds = a + G m,   dS/ds = G S + S G^T,
+    G = (1/M) sum_j V_j S B_j,   a = (1/M) sum_j V_j m   (active layer's heads).
+
+These ODEs are solved layer by layer to a relative tolerance of 1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.integrate import solve_ivp
+
+
+def _moment_rhs(B: np.ndarray, V: np.ndarray, d: int):
+    def rhs(_s, y):
+        m, S = y[:d], y[d:].reshape(d, d)
+        G = np.einsum("jab,bc,jcd->ad", V, S, B) / B.shape[0]
+        a = np.einsum("jab,b->a", V, m) / B.shape[0]
+        return np.concatenate([a + G @ m, (G @ S + S @ G.T).ravel()])
+
+    return rhs
+
+
+def gaussian_moments(
+    mean: np.ndarray, cov: np.ndarray, B: np.ndarray, V: np.ndarray, depths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a Gaussian prompt at the requested depths.
+
+    Args:
+        mean: (d,) initial mean m(0).
+        cov: (d, d) initial covariance S(0).
+        B: (L, M, d, d) score matrices B = K^T Q.
+        V: (L, M, d, d) value matrices.
+        depths: increasing depths s in [0, 1].
+
+    Returns:
+        (means (S, d), covs (S, d, d)) at ``depths``.
+    """
+    d = len(mean)
+    L = B.shape[0]
+    depths = np.asarray(depths, float)
+    y = np.concatenate([np.asarray(mean, float), np.asarray(cov, float).ravel()])
+    means = np.empty((len(depths), d))
+    covs = np.empty((len(depths), d, d))
+    for layer in range(L):
+        s0, s1 = layer / L, (layer + 1) / L
+        sol = solve_ivp(
+            _moment_rhs(B[layer], V[layer], d),
+            (s0, s1),
+            y,
+            method="DOP853",
+            rtol=1e-12,
+            atol=1e-14,
+            dense_output=True,
+        )
+        inside = (depths >= s0) & ((depths < s1) | (layer == L - 1))
+        if inside.any():
+            ys = sol.sol(depths[inside])
+            means[inside] = ys[:d].T
+            covs[inside] = ys[d:].T.reshape(-1, d, d)
+        y = sol.y[:, -1]
+    return means, covs

@@ -1,0 +1,128 @@
+"""The validation suite behind ``gridpde validate``.
+
+Each study solves a problem with a known exact solution on several
+refinements and turns the measurements into checks: a measured value, the
+required value, pass or fail. ``--quick`` runs a subset cheap enough for the
+test suite; the full suite adds finer levels, 3-D and the accuracy targets.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from gridpde.validation.problems import Level, fitted_order, gaussian_problem, run_level
+
+#: the MUSCL limiter of the studies: van Leer's smooth limiter clips extrema
+#: least, so moment errors converge cleanly (MC's change sign between levels)
+LIMITER = "vanleer"
+MASS_BALANCE = 1e-13
+MIN_DENSITY = -1e-14
+
+
+@dataclass
+class Check:
+    """One line of the validation table."""
+
+    name: str
+    measured: float
+    required: str
+    passed: bool
+    detail: str = ""
+
+
+def _order_checks(name: str, levels: list[Level], order: float) -> Iterator[Check]:
+    h = [lv.h for lv in levels]
+    ns = ",".join(str(lv.n) for lv in levels)
+    for key, label in (("l1", "L1 density"), ("mean_err", "mean"), ("cov_err", "cov")):
+        err = [getattr(lv, key) for lv in levels]
+        p = fitted_order(h, err)
+        detail = f"n = {ns}; errors " + ", ".join(f"{e:.2e}" for e in err)
+        yield Check(f"{name}: {label} order", p, f">= {order}", p >= order, detail)
+    bal = max(lv.mass_balance for lv in levels)
+    yield Check(f"{name}: mass balance", bal, f"<= {MASS_BALANCE:g}", bal <= MASS_BALANCE,
+                "|mass + mass_out - mass(0)| / mass(0), worst level")
+    low = min(lv.min_ratio for lv in levels)
+    yield Check(f"{name}: min density / max", low, f">= {MIN_DENSITY:g}", low >= MIN_DENSITY)
+
+
+def gaussian_order(dim: int, scheme: str, cells: list[int], order: float) -> Callable[[], Iterator[Check]]:
+    """Convergence of the grid solver to the exact Gaussian solution at s = 1."""
+    limiter = "upwind" if scheme == "upwind" else LIMITER
+
+    def study() -> Iterator[Check]:
+        problem = gaussian_problem(dim)
+        levels = [run_level(problem, n, limiter) for n in cells]
+        yield from _order_checks(f"gaussian-{dim}d-{scheme}", levels, order)
+
+    return study
+
+
+def gaussian_moments_2d(n: int, tol: float) -> Callable[[], Iterator[Check]]:
+    """Mean and covariance at s = 1 on the finest 2-D level against the ODE."""
+
+    def study() -> Iterator[Check]:
+        lv = run_level(gaussian_problem(2), n, LIMITER)
+        yield Check(f"gaussian-2d-muscl: mean error at n = {n}", lv.mean_err, f"<= {tol:g}",
+                    lv.mean_err <= tol, "max over components, against the moment ODE")
+        yield Check(f"gaussian-2d-muscl: cov error at n = {n}", lv.cov_err, f"<= {tol:g}",
+                    lv.cov_err <= tol, "max over entries (Sheppard-corrected)")
+
+    return study
+
+
+QUICK = {
+    "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
+    "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
+    "gaussian-2d-upwind": gaussian_order(2, "upwind", [32, 48, 64], 0.9),
+    "gaussian-2d-muscl": gaussian_order(2, "muscl", [32, 48, 64], 1.8),
+}
+
+FULL = {
+    "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400, 800], 0.9),
+    "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400, 800], 1.8),
+    "gaussian-2d-upwind": gaussian_order(2, "upwind", [32, 48, 64, 96], 0.9),
+    "gaussian-2d-muscl": gaussian_order(2, "muscl", [48, 64, 96, 128], 1.8),
+    "gaussian-2d-moments": gaussian_moments_2d(160, 1e-4),
+    "gaussian-3d-upwind": gaussian_order(3, "upwind", [16, 24, 32], 0.9),
+    "gaussian-3d-muscl": gaussian_order(3, "muscl", [16, 24, 32], 1.8),
+}
+
+
+def run_suite(quick: bool = False, only: str | None = None, out=sys.stdout) -> bool:
+    """Run the studies, print the table, and return whether every check passed."""
+    studies = QUICK if quick else FULL
+    chosen = {k: v for k, v in studies.items() if only is None or only in k}
+    if not chosen:
+        print(f"no study matches --only {only!r}; studies: {', '.join(studies)}", file=out)
+        return False
+    checks: list[Check] = []
+    for name, study in chosen.items():
+        t = time.perf_counter()
+        print(f"[{name}] running...", file=out, flush=True)
+        new = list(study())
+        checks += new
+        for c in new:
+            print(_row(c), file=out, flush=True)
+        print(f"[{name}] {time.perf_counter() - t:.1f} s", file=out, flush=True)
+    failed = [c for c in checks if not c.passed]
+    print(file=out)
+    print(f"{'check':<46} {'measured':>11}  {'required':<12} result", file=out)
+    for c in checks:
+        print(_row(c), file=out)
+    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed", file=out)
+    return not failed
+
+
+def _row(c: Check) -> str:
+    mark = "pass" if c.passed else "FAIL"
+    line = f"{c.name:<46} {c.measured:>11.4g}  {c.required:<12} {mark}"
+    return line + (f"   ({c.detail})" if c.detail else "")
+
+
+def measured(checks: list[Check], name: str) -> float:
+    """The measured value of the check called ``name`` (for tests)."""
+    return next(c.measured for c in checks if c.name == name)
+

@@ -1,0 +1,104 @@
+"""The command line: runs, exit statuses, files that survive failures."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from gridpde.cli import main
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+
+SMALL = """
+dim = 1
+[grid]
+lower = [-6.0]
+upper = [6.0]
+cells = [64]
+[model]
+layers = 2
+heads = 2
+head_dim = 1
+init = {{ scale = 0.7, seed = 3 }}
+[[prompts]]
+kind = "gaussian"
+mean = [0.2]
+cov = [[0.5]]
+[[prompts]]
+kind = "uniform"
+lower = [-1.0]
+upper = [1.5]
+[solver]
+mass_tol = {tol}
+[output]
+path = "{path}"
+snapshots = 3
+"""
+
+
+def _write(tmp_path, text, name="case.toml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def test_small_run_writes_result_info_and_plot(tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    case = _write(tmp_path, SMALL.format(tol=1e-6, path=out.as_posix()))
+    assert main(["run", str(case)]) == 0
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "finished"
+        assert f["density"].shape == (2, 3, 64)
+        total = f["mass"][:] + f["mass_out"][:]
+        np.testing.assert_allclose(total, 1.0, rtol=1e-13)
+        assert f.attrs["case"] == case.read_text()
+    assert (tmp_path / "r_figures" / "moments.png").exists()
+    assert main(["info", str(out)]) == 0
+    assert "finished" in capsys.readouterr().out
+    assert main(["plot", str(out), "-o", str(tmp_path / "figs")]) == 0
+
+
+def test_mass_leaving_beyond_tolerance_exits_1_and_keeps_the_file(tmp_path, capsys):
+    out = tmp_path / "lost.h5"
+    text = SMALL.format(tol=1e-6, path=out.as_posix()).replace("lower = [-6.0]\nupper = [6.0]",
+                                                               "lower = [-1.5]\nupper = [1.5]")
+    case = _write(tmp_path, text)
+    assert main(["run", str(case), "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert "mass_tol" in err and "left the box" in err
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "mass_lost"
+        assert f.attrs["depth_done"] >= 1
+        assert np.isfinite(f["density"][:, 0]).all()
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (("cells = [64]", "cells = [-64]"), "grid.cells"),
+        (("cov = [[0.5]]", "cov = [[-0.5]]"), "prompts[0].cov"),
+        (("snapshots = 3", "snapshots = 3\ncolour = 1"), "colour"),
+    ],
+)
+def test_bad_case_exits_2_with_one_line(tmp_path, capsys, edit, key):
+    case = _write(tmp_path, SMALL.format(tol=1e-6, path=(tmp_path / "x.h5").as_posix()).replace(*edit))
+    assert main(["run", str(case)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+    assert main(["info", str(tmp_path / "missing.h5")]) == 2
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.glob("*.toml")))
+def test_example_cases_run(tmp_path, case):
+    out = tmp_path / "out.h5"
+    assert main(["run", str(CASES / case), "-o", str(out)]) == 0
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "finished"

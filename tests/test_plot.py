@@ -1,0 +1,88 @@
+"""Figures from result files: every kind of record gives non-empty PNGs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gridpde.plot import plot_result
+from gridpde.results import write_result
+from gridpde.snapshots import Snapshots
+
+np.seterr(all="raise", under="ignore")
+
+
+def gaussian_grid(cells: tuple[int, ...], done: int) -> Snapshots:
+    """Two prompts: Gaussians that drift and widen with depth s."""
+    depth = np.linspace(0, 1, 4)
+    centres = tuple(np.linspace(-4, 4, 2 * n + 1)[1::2] for n in cells)
+    rec = Snapshots.empty(depth, 2, len(cells), cells=cells, centres=centres)
+    mesh = np.meshgrid(*centres, indexing="ij")
+    for p in range(2):
+        for i, s in enumerate(depth[:done]):
+            var = 0.5 + s
+            shift = (-1) ** p * s
+            r2 = sum((x - shift) ** 2 for x in mesh)
+            rec.density[p, i] = np.exp(-r2 / (2 * var)) / (2 * np.pi * var) ** (len(cells) / 2)
+            rec.mass[p, i], rec.mass_out[p, i] = 1.0, 0.0
+            rec.mean[p, i] = shift
+            rec.cov[p, i] = var * np.eye(len(cells))
+    rec.done = done
+    return rec
+
+
+def particles(dim: int, done: int, tokens: int = 200) -> Snapshots:
+    rng = np.random.default_rng(0)
+    depth = np.linspace(0, 1, 3)
+    rec = Snapshots.empty(depth, 2, dim, tokens=tokens)
+    rec.weights[:] = rng.random((2, tokens))
+    rec.weights /= rec.weights.sum(axis=1, keepdims=True)
+    x0 = rng.normal(size=(2, tokens, dim))
+    for i, s in enumerate(depth[:done]):
+        rec.positions[:, i] = x0 * (1 + s)
+        rec.mass[:, i] = 1.0
+        rec.mean[:, i] = np.einsum("pt,ptd->pd", rec.weights, rec.positions[:, i])
+        rec.cov[:, i] = (1 + s) ** 2 * np.eye(dim)
+    rec.done = done
+    return rec
+
+
+CASES = {
+    "grid1d": (lambda: gaussian_grid((64,), 4), "density_p"),
+    "grid2d": (lambda: gaussian_grid((32, 24), 4), "density_p"),
+    "grid3d": (lambda: gaussian_grid((12, 10, 8), 4), "density_p"),
+    "grid2d_partial": (lambda: gaussian_grid((32, 24), 2), "density_p"),
+    "grid3d_partial": (lambda: gaussian_grid((12, 10, 8), 1), "density_p"),
+    "particles1d": (lambda: particles(1, 3), "tokens_p"),
+    "particles2d": (lambda: particles(2, 3), "tokens_p"),
+    "particles3d": (lambda: particles(3, 2), "tokens_p"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_plot_writes_pngs(tmp_path, name):
+    make, prefix = CASES[name]
+    rec = make()
+    d = rec.mean.shape[-1]
+    path = tmp_path / f"{name}.h5"
+    heads = {"Q": np.zeros((1, 1, 1, d)), "K": np.zeros((1, 1, 1, d)),
+             "V": np.zeros((1, 1, d, d))}
+    write_result(path, rec, case_text="", dim=d, method=rec.method, heads=heads)
+
+    files = plot_result(path)
+
+    assert {f.name for f in files} == {f"{prefix}0.png", f"{prefix}1.png", "moments.png"}
+    for f in files:
+        assert f.parent == tmp_path / f"{name}_figures"
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
+
+
+def test_plot_out_dir_and_empty_record(tmp_path):
+    rec = gaussian_grid((16,), 0)
+    write_result(tmp_path / "r.h5", rec, case_text="", dim=1, method="grid", heads={})
+    assert plot_result(tmp_path / "r.h5", tmp_path / "figs") == []
+    rec.done = 1
+    rec.density[:, 0] = 1.0
+    write_result(tmp_path / "r.h5", rec, case_text="", dim=1, method="grid", heads={})
+    files = plot_result(tmp_path / "r.h5", tmp_path / "figs")
+    assert files and all(f.parent == tmp_path / "figs" and f.is_file() for f in files)

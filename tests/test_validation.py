@@ -1,0 +1,13 @@
+"""The quick validation suite must pass: convergence orders, mass balance, positivity."""
+
+import io
+
+from gridpde.validation.suite import QUICK, run_suite
+
+
+def test_quick_validation_suite_passes():
+    out = io.StringIO()
+    ok = run_suite(quick=True, out=out)
+    print(out.getvalue())
+    assert ok, out.getvalue()
+    assert f"{4 * len(QUICK) + len(QUICK)} passed, 0 failed" in out.getvalue()
