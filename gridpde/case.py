@@ -105,7 +105,7 @@ class SolverSpec:
     quadrature: Quadrature = "deconvolved"
     # particle method
     integrator: Integrator = "rk4"
-    substeps: int = 4
+    substeps: int | None = None  # steps per layer; default 1 for euler, 4 for rk4
     tokens: int = 4096
     init: TokenInit = "quadrature"
     seed: int = 0

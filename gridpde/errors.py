@@ -8,5 +8,13 @@ class CaseError(ValueError):
     """
 
 
+class NumericalError(RuntimeError):
+    """The solution became non-finite; carries the depth where it was seen."""
+
+    def __init__(self, message: str, depth: float):
+        super().__init__(message)
+        self.depth = depth
+
+
 class RunError(RuntimeError):
     """A run failed (exit status 1) after saving what it computed."""

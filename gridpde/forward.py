@@ -22,17 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gridpde.attention.tensor import tensor_velocity
+from gridpde.errors import NumericalError
 from gridpde.grid import Grid
 from gridpde.heads import pad3
 from gridpde.transport import POSITIVITY_LIMIT, Transport
-
-
-class NumericalError(RuntimeError):
-    """The solution became non-finite; carries the depth where it was seen."""
-
-    def __init__(self, message: str, depth: float):
-        super().__init__(message)
-        self.depth = depth
 
 
 #: SSP Runge-Kutta schemes in Shu-Osher form: stage k is

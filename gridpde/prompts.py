@@ -47,7 +47,7 @@ def cell_averages(prompt: Prompt, grid: Grid, where: str = "prompt") -> tuple[np
             for w, m, c in zip(prompt.weights, prompt.means, prompt.covs)
         )
     elif isinstance(prompt, UniformPrompt):
-        rho = _uniform_cell_averages(grid, prompt.lower, prompt.upper)
+        rho = uniform_cell_averages(grid, prompt.lower, prompt.upper)
     elif isinstance(prompt, TokensPrompt):
         rho = _deposit_tokens(grid, prompt.points, prompt.weights, where)
     else:  # pragma: no cover - the case reader admits no other kind
@@ -66,7 +66,7 @@ def gaussian_cell_averages(grid: Grid, mean: np.ndarray, cov: np.ndarray) -> np.
             e = (grid.edges(a) - mean[a]) / np.sqrt(cov[a, a])
             factors.append(np.diff(ndtr(e)) / grid.dx[a])
         return _outer(factors)
-    return _gauss_legendre_averages(grid, lambda x: _normal_pdf(x, mean, cov))
+    return _gauss_legendre_averages(grid, lambda x: normal_pdf(x, mean, cov))
 
 
 def _outer(factors: list[np.ndarray]) -> np.ndarray:
@@ -76,7 +76,7 @@ def _outer(factors: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _normal_pdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+def normal_pdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """N(mean, cov) density at points x of shape (..., d)."""
     d = mean.size
     chol = np.linalg.cholesky(cov)
@@ -99,7 +99,7 @@ def _gauss_legendre_averages(grid: Grid, pdf) -> np.ndarray:
     return rho
 
 
-def _uniform_cell_averages(grid: Grid, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+def uniform_cell_averages(grid: Grid, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     factors = []
     for a in range(grid.dim):
         e = grid.edges(a)

@@ -1,0 +1,170 @@
+"""The same model on weighted tokens: a finite transformer.
+
+Tokens X_i with weights w_i (sum 1) move by dX_i/ds = v_s[mu_s](X_i),
+mu_s = sum_i w_i delta_{X_i(s)}, every token attending to every token
+(itself included) through the direct attention kernel, which the grid's
+kernel agrees with to round-off.
+
+Depth is stepped on a fixed grid s_k = k / (L * substeps). With
+``integrator = "euler"`` and one substep this is exactly a residual
+attention-only transformer with L layers of M heads,
+X <- X + (1/L) v[mu](X); classic RK4 with several substeps approaches the
+depth limit (the neural ODE/PDE).
+
+Token initialisation from a prompt:
+
+- ``sample``: n i.i.d. draws (seeded), weights 1/n (Monte Carlo error).
+- ``quadrature``: deterministic, q = round(n^(1/d)) points per axis at the
+  cell centres of a box covering the prompt (mean +- 8 sd per component,
+  or the uniform box itself) with weights proportional to the density at
+  the centres (Gaussians, mixtures: spectrally accurate midpoint rule) or to
+  the cell averages (uniform boxes: exact). Zero weights are dropped.
+- a ``tokens`` prompt is used as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gridpde.attention.direct import direct_velocity
+from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.errors import NumericalError
+from gridpde.grid import Grid
+from gridpde.heads import pad3
+from gridpde.prompts import normal_pdf, uniform_cell_averages
+
+QUADRATURE_SIGMAS = 8.0
+
+
+def prompt_tokens(prompt: Prompt, n: int, init: str = "quadrature", seed: int = 0):
+    """Weighted tokens (X (n, d), w (n,)) representing ``prompt``."""
+    if isinstance(prompt, TokensPrompt):
+        return np.array(prompt.points, float), np.array(prompt.weights, float)
+    if init == "sample":
+        return _sample(prompt, n, np.random.default_rng(seed))
+    return _quadrature(prompt, n)
+
+
+def _components(prompt: Prompt):
+    if isinstance(prompt, GaussianPrompt):
+        return np.ones(1), prompt.mean[None], prompt.cov[None]
+    return prompt.weights, prompt.means, prompt.covs
+
+
+def _sample(prompt: Prompt, n: int, rng: np.random.Generator):
+    if isinstance(prompt, UniformPrompt):
+        X = rng.uniform(prompt.lower, prompt.upper, size=(n, prompt.lower.size))
+    else:
+        weights, means, covs = _components(prompt)
+        which = rng.choice(len(weights), size=n, p=weights / weights.sum())
+        z = rng.standard_normal((n, means.shape[1]))
+        chol = np.linalg.cholesky(covs)
+        X = means[which] + np.einsum("nab,nb->na", chol[which], z)
+    return X, np.full(n, 1.0 / n)
+
+
+def _quadrature(prompt: Prompt, n: int):
+    if isinstance(prompt, UniformPrompt):
+        d = prompt.lower.size
+        q = max(1, round(n ** (1 / d)))
+        grid = Grid(tuple(prompt.lower), tuple(prompt.upper), (q,) * d)
+        w = uniform_cell_averages(grid, prompt.lower, prompt.upper)
+    else:
+        weights, means, covs = _components(prompt)
+        d = means.shape[1]
+        q = max(1, round(n ** (1 / d)))
+        sd = np.sqrt(np.einsum("cii->ci", covs))
+        lo = np.min(means - QUADRATURE_SIGMAS * sd, axis=0)
+        hi = np.max(means + QUADRATURE_SIGMAS * sd, axis=0)
+        grid = Grid(tuple(lo), tuple(hi), (q,) * d)
+        pts = np.stack(np.meshgrid(*(grid.centres(a) for a in range(d)), indexing="ij"), -1)
+        w = sum(c * normal_pdf(pts, m, S) for c, m, S in zip(weights, means, covs))
+    pts = np.stack(np.meshgrid(*(grid.centres(a) for a in range(grid.dim)), indexing="ij"), -1)
+    X = pts.reshape(-1, grid.dim)
+    w = w.ravel()
+    keep = w > 0
+    return X[keep], w[keep] / w[keep].sum()
+
+
+def token_moments(X: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mass sum w, mean and covariance of the weighted tokens."""
+    mass = float(w.sum())
+    mean = w @ X / mass
+    R = X - mean
+    return mass, mean, (R * w[:, None]).T @ R / mass
+
+
+class ParticleForward:
+    """The forward pass on weighted tokens for fixed heads.
+
+    Args:
+        B: (L, M, d, d) score matrices B = K^T Q.
+        V: (L, M, d, d) value matrices.
+        integrator: "euler" or "rk4".
+        substeps: steps per layer (euler with 1: the residual transformer).
+    """
+
+    def __init__(self, B: np.ndarray, V: np.ndarray, integrator: str = "rk4", substeps: int = 4):
+        self.layers = B.shape[0]
+        self.dim = B.shape[-1]
+        self.B = np.ascontiguousarray(pad3(B))
+        self.V = np.ascontiguousarray(pad3(V))
+        self.integrator = integrator
+        self.substeps = substeps
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / (self.layers * self.substeps)
+
+    def velocity(self, X: np.ndarray, w: np.ndarray, layer: int) -> np.ndarray:
+        """v_s[mu](X_i) for the tokens' own measure mu = sum_i w_i delta_{X_i}."""
+        n, d = X.shape
+        P = np.zeros((n, 3))
+        P[:, 3 - d :] = X
+        out = np.empty((n, 3))
+        lse = np.empty((self.B.shape[1], n))
+        direct_velocity(P, P, np.ascontiguousarray(w), self.B[layer], self.V[layer], out, lse)
+        return out[:, 3 - d :]
+
+    def step(self, X: np.ndarray, w: np.ndarray, layer: int) -> np.ndarray:
+        """One step of size ``dt`` inside ``layer``."""
+        h = self.dt
+        if self.integrator == "euler":
+            return X + h * self.velocity(X, w, layer)
+        k1 = self.velocity(X, w, layer)
+        k2 = self.velocity(X + 0.5 * h * k1, w, layer)
+        k3 = self.velocity(X + 0.5 * h * k2, w, layer)
+        k4 = self.velocity(X + h * k3, w, layer)
+        return X + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+    def step_index(self, s: float) -> int:
+        """The step-grid index nearest depth s (snapshots are taken there)."""
+        return int(round(s * self.layers * self.substeps))
+
+    def solve(
+        self,
+        X: np.ndarray,
+        w: np.ndarray,
+        k0: int,
+        k1: int,
+        on_step: Callable[[float, int], None] | None = None,
+    ) -> np.ndarray:
+        """Advance the tokens from step index k0 to k1 (depths k / (L substeps))."""
+        for k in range(k0, k1):
+            X = self.step(X, w, k // self.substeps)
+            if not np.all(np.isfinite(X)):
+                s = (k + 1) * self.dt
+                raise NumericalError(f"non-finite token positions by depth s = {s:.6g}", s)
+            if on_step is not None:
+                on_step((k + 1) * self.dt, 1)
+        return X
+
+
+def steps_per_layer(integrator: str, substeps: int | None) -> int:
+    """Default substeps: 1 for euler (the transformer), 4 for rk4."""
+    if substeps is not None:
+        return substeps
+    return 1 if integrator == "euler" else 4
+
