@@ -126,7 +126,65 @@ def bench_exp(n=2_000_000):
     ]
 
 
-BENCHES = {"direct": bench_direct, "exp": bench_exp}
+def _gaussian_grid(n, dim):
+    from gridpde.grid import Grid
+    from gridpde.prompts import gaussian_cell_averages
+
+    grid = Grid((-6.0,) * dim, (6.0,) * dim, (n,) * dim)
+    rho = gaussian_cell_averages(grid, np.zeros(dim), np.eye(dim))
+    return grid, rho
+
+
+def bench_tensor(n=128, heads=3, dim=2, numpy_targets=2048):
+    """The grid's factorised attention kernel at the faces of an n^d grid.
+
+    Same sums as the direct kernel (sources = cell centres with cell masses,
+    targets = face centres); compared with the blocked-numpy direct sums.
+    """
+    from gridpde.attention.tensor import tensor_velocity
+    from gridpde.forward import GridForward
+
+    grid, rho = _gaussian_grid(n, dim)
+    _, _, _, B, V = attention_problem(4, 4, heads, dim)
+    solver = GridForward(grid, B[None, :, 3 - dim :, 3 - dim :], V[None, :, 3 - dim :, 3 - dim :])
+    w = (rho * grid.cell_volume).reshape(grid.padded_shape)
+    T, N = solver.targets.shape[0], rho.size
+    out = np.empty((T, 3))
+    lse = np.empty((heads, T))
+    args = (solver.targets, w, *solver.sources, solver.B[0], solver.V[0], solver.h, out, lse)
+    t = best_time(lambda: tensor_velocity(*args), 3)
+    rate = T * N * heads / t
+    Y = np.stack(np.meshgrid(*solver.sources, indexing="ij"), -1).reshape(-1, 3)
+    sub = np.ascontiguousarray(solver.targets[:numpy_targets])
+    tn = best_time(lambda: reference_velocity(sub, Y, w.ravel(), solver.B[0], solver.V[0], block=256), 1)
+    numpy_rate = len(sub) * N * heads / tn
+    case = f"{dim}-D {n}^{dim} cells, T={T} faces, M={heads}"
+    return [
+        dict(bench="tensor numba", case=case, time_s=t, rate=rate, unit="pairs/s/head",
+             note=f"{numba.get_num_threads()} threads"),
+        dict(bench="tensor ratio", case=case, time_s=None, rate=rate / numpy_rate, unit="numba/numpy",
+             note=f"numpy direct {numpy_rate:.3g} pairs/s"),
+    ]
+
+
+def bench_transport(cases=((2, 512), (3, 64)), limiter="vanleer"):
+    """Cells per second of the finite-volume right-hand side (MUSCL)."""
+    from gridpde.transport import Transport
+
+    rows = []
+    for dim, n in cases:
+        grid, rho = _gaussian_grid(n, dim)
+        u = [np.sin(np.linspace(0, 3, grid.face_points(a).shape[0])).reshape(grid.face_shape(a))
+             for a in range(dim)]
+        tr = Transport(grid.shape, grid.dx, limiter)
+        out = np.empty_like(rho)
+        t = best_time(lambda: tr.rhs(rho, u, out), 10)
+        rows.append(dict(bench="transport", case=f"{dim}-D {n}^{dim} {limiter}", time_s=t,
+                         rate=rho.size / t, unit="cells/s", note=f"{numba.get_num_threads()} threads"))
+    return rows
+
+
+BENCHES = {"direct": bench_direct, "tensor": bench_tensor, "transport": bench_transport, "exp": bench_exp}
 
 
 def print_table(rows):
@@ -160,6 +218,8 @@ def main(argv=None):
         fn = BENCHES[name]
         if args.quick and name == "direct":
             rows += fn(sizes=(4096,), numpy_targets=1024, blocks=(256,))
+        elif args.quick and name == "tensor":
+            rows += fn(n=64)
         else:
             rows += fn()
     print_table(rows)

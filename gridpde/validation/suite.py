@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from gridpde.validation import particle_studies as ps
 from gridpde.validation.problems import Level, fitted_order, gaussian_problem, run_level
 
 #: the MUSCL limiter of the studies: van Leer's smooth limiter clips extrema
@@ -73,11 +74,68 @@ def gaussian_moments_2d(n: int, tol: float) -> Callable[[], Iterator[Check]]:
     return study
 
 
+def _within(name, rate, target, tol, what, label):
+    ok = abs(rate.slope - target) <= tol
+    detail = rate.describe(label) + (f"; per-seed spread {rate.spread:.2f}" if rate.spread else "")
+    return Check(name, rate.slope, f"{target:g} +- {tol:g}", ok, f"{what}; {detail}")
+
+
+def particle_sampling(ns, seeds) -> Callable[[], Iterator[Check]]:
+    def study():
+        r = ps.sampling_rate(ns, seeds)
+        yield _within("particles-sampling: moment error slope", r, -0.5, 0.2,
+                      f"RMS over {seeds} seeds vs n, 2-D Gaussian, rk4", "n")
+
+    return study
+
+
+def particle_quadrature(ns) -> Callable[[], Iterator[Check]]:
+    def study():
+        r = ps.quadrature_errors(ns)
+        yield Check("particles-quadrature: moment error", r.errors[-1], "<= 1e-8",
+                    r.errors[-1] <= 1e-8, r.describe("n") + "; spectral, until the RK4 floor")
+
+    return study
+
+
+def grid_particles(dim, levels, rate_min, finest_tol=None) -> Callable[[], Iterator[Check]]:
+    def study():
+        r = ps.grid_vs_particles(dim, levels)
+        what = "W1" if dim == 1 else "max |mean|,|cov| difference"
+        yield Check(f"grid-vs-particles-{dim}d: {what} rate", -r.slope, f">= {rate_min}",
+                    -r.slope >= rate_min, r.describe("cells and tokens per axis") + "; mixture prompt")
+        if finest_tol is not None:
+            yield Check(f"grid-vs-particles-{dim}d: finest difference", r.errors[-1],
+                        f"<= {finest_tol:g}", r.errors[-1] <= finest_tol, f"at n = {levels[-1]}")
+
+    return study
+
+
+def depth_gap() -> Iterator[Check]:
+    r = ps.depth_gap()
+    yield _within("depth-gap: Euler transformer order in 1/L", r, 1.0, 0.15,
+                  "RMS token distance to the depth limit (RK4, L = 2048)", "L")
+
+
+def width_gap(seeds=8) -> Callable[[], Iterator[Check]]:
+    def study():
+        r = ps.width_gap(Ms=(1, 4, 16, 64, 256), seeds=seeds)
+        yield _within("width-gap: exponent of M", r, 0.5, 0.15,
+                      f"RMS over {seeds} seeds of the token distance to M = 4096 heads", "M")
+
+    return study
+
+
 QUICK = {
     "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
     "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
     "gaussian-2d-upwind": gaussian_order(2, "upwind", [32, 48, 64], 0.9),
     "gaussian-2d-muscl": gaussian_order(2, "muscl", [32, 48, 64], 1.8),
+    "particles-sampling": particle_sampling((256, 1024, 4096), 5),
+    "particles-quadrature": particle_quadrature((64, 256, 1024)),
+    "grid-vs-particles-1d": grid_particles(1, [100, 200, 400], 0.9),
+    "depth-gap": depth_gap,
+    "width-gap": width_gap(),
 }
 
 FULL = {
@@ -88,6 +146,12 @@ FULL = {
     "gaussian-2d-moments": gaussian_moments_2d(160, 1e-4),
     "gaussian-3d-upwind": gaussian_order(3, "upwind", [16, 24, 32], 0.9),
     "gaussian-3d-muscl": gaussian_order(3, "muscl", [16, 24, 32], 1.8),
+    "particles-sampling": particle_sampling((256, 1024, 4096, 16384), 8),
+    "particles-quadrature": particle_quadrature((64, 256, 1024, 4096)),
+    "grid-vs-particles-1d": grid_particles(1, [100, 200, 400, 800], 0.9),
+    "grid-vs-particles-2d": grid_particles(2, [32, 48, 64, 96, 128], 1.8, 1e-3),
+    "depth-gap": depth_gap,
+    "width-gap": width_gap(),
 }
 
 
