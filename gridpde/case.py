@@ -26,6 +26,7 @@ Method = Literal["grid", "particles"]
 Integrator = Literal["euler", "rk4"]
 TokenInit = Literal["quadrature", "sample"]
 Quadrature = Literal["deconvolved", "midpoint"]
+LossKind = Literal["mmd", "potential"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,52 @@ class SolverSpec:
     tokens: int = 4096
     init: TokenInit = "quadrature"
     seed: int = 0
+    adjoint_memory_mb: float = 2048.0  # forward states kept for the adjoint; beyond, recompute
+
+
+@dataclass(frozen=True)
+class HeadsSpec:
+    """Heads given like [model]'s (inline, heads_file or init).
+
+    Q, K: (L, M, k, d); V: (L, M, d, d).
+    """
+
+    Q: np.ndarray
+    K: np.ndarray
+    V: np.ndarray
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """[loss]: MMD with a Gaussian kernel of bandwidth ``sigma``, or the
+    potential U(x) = 1/2 |x - centre|^2. ``teacher``: heads whose outputs on
+    the same prompts (same solver) are the targets of prompts without a
+    ``target`` of their own.
+    """
+
+    kind: LossKind = "mmd"
+    sigma: float = 1.0  # mmd only
+    centre: np.ndarray | None = None  # (d,), potential only (read as the origin if not given)
+    teacher: HeadsSpec | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """[train]: the conditional Wasserstein gradient flow of the heads.
+
+    ``lr`` is the step in the mean-field scaling (theta -= lr * L * M * dR/dtheta).
+    Stops after ``steps`` steps, or when the risk <= ``risk_tol``, or the
+    gradient norm <= ``grad_tol``, or after ``time_limit`` seconds (0: none).
+    ``backtrack``: halve the step (up to 20 times) while the risk would rise.
+    """
+
+    steps: int = 100
+    lr: float = 0.1
+    checkpoint_every: int = 10
+    backtrack: bool = True
+    risk_tol: float = 0.0
+    grad_tol: float = 0.0
+    time_limit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +173,10 @@ class Case:
     prompts: tuple[Prompt, ...]
     solver: SolverSpec = field(default_factory=SolverSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
+    loss: LossSpec | None = None
+    train: TrainSpec | None = None
+    #: per prompt, its own target measure (a prompt-kind measure) or None
+    targets: tuple[Prompt | None, ...] = ()
     text: str = ""
     source: str = ""
 
@@ -166,6 +217,11 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     with M == 1 (and L > 1), Q of shape (L, k, d); with L == M == 1 also
     (k, d); likewise for V. The missing axes are added back.
 
+    The same rules give ``[loss.teacher]``'s heads, with the model's sizes.
+    A prompt's ``target`` is a measure given like a prompt; with ``[loss]``
+    kind = "mmd" every prompt needs one unless ``[loss.teacher]`` is given;
+    kind = "potential" takes none. ``[train]`` needs ``[loss]``.
+
     In 1-D a gaussian ``cov`` may be a number, ``[v]`` or ``[[v]]`` (the
     variance), mixture ``covs`` a list of variances, and tokens ``points`` a
     flat list.
@@ -179,23 +235,32 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     except tomllib.TOMLDecodeError as exc:
         msg = f"{source}: invalid TOML: {exc}"
         raise CaseError(msg) from None
-    for name in ("loss", "train"):
-        if name in doc:
-            msg = f"[{name}] is not supported by this version of gridpde"
-            raise CaseError(msg)
     _check_keys(doc, _TOP_KEYS, "")
     dim = _int(doc.get("dim", _MISSING), "dim", 1, 3)
     solver = _section(doc.get("solver", {}), "solver", _SOLVER_KEYS, SolverSpec)
     grid = None
     if "grid" in doc or solver.method == "grid":
         grid = _grid(doc.get("grid", _MISSING), dim)
+    model = _model(doc.get("model", _MISSING), dim, Path(base_dir))
+    prompts, targets = _prompts(doc.get("prompts", _MISSING), dim)
+    loss = None
+    if "loss" in doc:
+        loss = _loss(doc["loss"], dim, model, Path(base_dir))
+    elif "train" in doc:
+        msg = "[train]: needs a [loss] table"
+        raise CaseError(msg)
+    _check_targets(targets, loss)
+    train = _section(doc["train"], "train", _TRAIN_KEYS, TrainSpec) if "train" in doc else None
     return Case(
         dim=dim,
         grid=grid,
-        model=_model(doc.get("model", _MISSING), dim, Path(base_dir)),
-        prompts=_prompts(doc.get("prompts", _MISSING), dim),
+        model=model,
+        prompts=prompts,
         solver=solver,
         output=_section(doc.get("output", {}), "output", _OUTPUT_KEYS, OutputSpec),
+        loss=loss,
+        train=train,
+        targets=targets,
         text=text,
         source=source,
     )
@@ -204,7 +269,7 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
 # ------------------------------------------------------- generic checkers
 
 _MISSING: Any = object()
-_TOP_KEYS = ("dim", "grid", "model", "prompts", "solver", "output")
+_TOP_KEYS = ("dim", "grid", "model", "prompts", "solver", "output", "loss", "train")
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -376,14 +441,25 @@ _SOLVER_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "tokens": lambda v, k: _int(v, k, 1),
     "init": _one_of(TokenInit),
     "seed": lambda v, k: _int(v, k, 0),
+    "adjoint_memory_mb": lambda v, k: _float(v, k, lambda x: x > 0, "a number > 0"),
 }
 _OUTPUT_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "path": _str,
     "snapshots": lambda v, k: _int(v, k, 2),
     "plot": _bool,
 }
+_TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "steps": lambda v, k: _int(v, k, 0),
+    "lr": lambda v, k: _float(v, k, lambda x: x > 0, "a number > 0"),
+    "checkpoint_every": lambda v, k: _int(v, k, 1),
+    "backtrack": _bool,
+    "risk_tol": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0"),
+    "grad_tol": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0"),
+    "time_limit": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0 (seconds; 0: none)"),
+}
 assert set(_SOLVER_KEYS) == {f.name for f in fields(SolverSpec)}
 assert set(_OUTPUT_KEYS) == {f.name for f in fields(OutputSpec)}
+assert set(_TRAIN_KEYS) == {f.name for f in fields(TrainSpec)}
 
 
 def _grid(value: Any, dim: int) -> GridSpec:
@@ -403,38 +479,47 @@ def _grid(value: Any, dim: int) -> GridSpec:
 
 def _model(value: Any, dim: int, base_dir: Path) -> ModelSpec:
     table = _table(value, "model")
-    allowed = ("layers", "heads", "head_dim", "scale_scores", *HEAD_ARRAYS, "heads_file", "init")
+    allowed = ("layers", "heads", "head_dim", "scale_scores", *_HEAD_SOURCES)
     _check_keys(table, allowed, "model")
     L = _int(table.get("layers", _MISSING), "model.layers", 1)
     M = _int(table.get("heads", _MISSING), "model.heads", 1)
     k = _int(table.get("head_dim", _MISSING), "model.head_dim", 1)
     scale_scores = _bool(table.get("scale_scores", False), "model.scale_scores")
+    heads = _heads(table, "model", (L, M, k, dim), base_dir)
+    return ModelSpec(L, M, k, heads.Q, heads.K, heads.V, scale_scores)
 
+
+_HEAD_SOURCES = (*HEAD_ARRAYS, "heads_file", "init")
+
+
+def _heads(table: dict, where: str, sizes: tuple[int, int, int, int], base_dir: Path) -> HeadsSpec:
+    """Q, K, V of ``table`` (the keys of ``_HEAD_SOURCES``) for sizes (L, M, k, d)."""
+    L, M, k, dim = sizes
     given = (["Q, K, V"] if any(n in table for n in HEAD_ARRAYS) else []) + [
         n for n in ("heads_file", "init") if n in table
     ]
     if len(given) != 1:
         msg = (
-            "model: expected the heads from exactly one of Q, K, V (inline), heads_file or init; "
-            + (f"found {' and '.join(given)}" if given else "found none")
+            f"{where}: expected the heads from exactly one of Q, K, V (inline), heads_file or "
+            "init; " + (f"found {' and '.join(given)}" if given else "found none")
         )
         raise CaseError(msg)
-    keys = {n: f"model.{n}" for n in HEAD_ARRAYS}
+    keys = {n: f"{where}.{n}" for n in HEAD_ARRAYS}
     if "heads_file" in table:
-        name = _str(table["heads_file"], "model.heads_file")
+        name = _str(table["heads_file"], f"{where}.heads_file")
         try:
             arrays = load_heads_npz(base_dir / name)
         except (OSError, ValueError) as exc:
-            msg = f"model.heads_file = {_show(name)}: cannot read Q, K, V from it ({exc})"
+            msg = f"{where}.heads_file = {_show(name)}: cannot read Q, K, V from it ({exc})"
             raise CaseError(msg) from None
         raw = dict(zip(HEAD_ARRAYS, arrays, strict=True))
-        keys = {n: f"model.heads_file[{n}]" for n in HEAD_ARRAYS}
+        keys = {n: f"{where}.heads_file[{n}]" for n in HEAD_ARRAYS}
     elif "init" in table:
-        init = _table(table["init"], "model.init")
-        _check_keys(init, ("scale", "seed"), "model.init")
+        init = _table(table["init"], f"{where}.init")
+        _check_keys(init, ("scale", "seed"), f"{where}.init")
         scale_value = init.get("scale", _MISSING)
-        scale = _float(scale_value, "model.init.scale", lambda x: x >= 0, "a number >= 0")
-        seed = _int(init.get("seed", 0), "model.init.seed", 0)
+        scale = _float(scale_value, f"{where}.init.scale", lambda x: x >= 0, "a number >= 0")
+        seed = _int(init.get("seed", 0), f"{where}.init.seed", 0)
         raw = dict(zip(HEAD_ARRAYS, random_heads(L, M, k, dim, scale, seed), strict=True))
     else:
         raw = {n: table.get(n, _MISSING) for n in HEAD_ARRAYS}
@@ -446,10 +531,50 @@ def _model(value: Any, dim: int, base_dir: Path) -> ModelSpec:
             also.append((rows, dim))
         return _array(raw[name], keys[name], shape, tuple(also), names)
 
-    Q = head_array("Q", k, "(L, M, k, d)")
-    K = head_array("K", k, "(L, M, k, d)")
-    V = head_array("V", dim, "(L, M, d, d)")
-    return ModelSpec(L, M, k, Q, K, V, scale_scores)
+    return HeadsSpec(
+        Q=head_array("Q", k, "(L, M, k, d)"),
+        K=head_array("K", k, "(L, M, k, d)"),
+        V=head_array("V", dim, "(L, M, d, d)"),
+    )
+
+
+# -------------------------------------------------------------------- loss
+
+
+def _loss(value: Any, dim: int, model: ModelSpec, base_dir: Path) -> LossSpec:
+    table = _table(value, "loss")
+    _check_keys(table, ("kind", "sigma", "centre", "teacher"), "loss")
+    kind = _choice(table.get("kind", "mmd"), "loss.kind", get_args(LossKind))
+    only = {"sigma": "mmd", "centre": "potential", "teacher": "mmd"}
+    for name, owner in only.items():
+        if name in table and kind != owner:
+            expected = f'no {name} with kind = "{kind}" (it is for kind = "{owner}")'
+            _fail(f"loss.{name}", table[name], expected)
+    if kind == "potential":
+        centre = table.get("centre", [0.0] * dim)
+        return LossSpec(kind=kind, centre=_array(centre, "loss.centre", (dim,)))
+    sigma = _float(table.get("sigma", 1.0), "loss.sigma", lambda x: x > 0, "a number > 0")
+    teacher = None
+    if "teacher" in table:
+        t = _table(table["teacher"], "loss.teacher")
+        _check_keys(t, _HEAD_SOURCES, "loss.teacher")
+        sizes = (model.layers, model.heads, model.head_dim, dim)
+        teacher = _heads(t, "loss.teacher", sizes, base_dir)
+    return LossSpec(kind=kind, sigma=sigma, teacher=teacher)
+
+
+def _check_targets(targets: tuple[Prompt | None, ...], loss: LossSpec | None) -> None:
+    """Targets need a [loss]; mmd needs one per prompt unless a teacher is given."""
+    for i, target in enumerate(targets):
+        key = f"prompts[{i}].target"
+        if target is not None and loss is None:
+            msg = f"{key}: needs a [loss] table"
+            raise CaseError(msg)
+        if target is not None and loss is not None and loss.kind == "potential":
+            msg = f'{key}: expected no target with [loss] kind = "potential"'
+            raise CaseError(msg)
+        if target is None and loss is not None and loss.kind == "mmd" and loss.teacher is None:
+            _fail(key, _MISSING, 'a target measure (or a [loss.teacher] table) for kind = "mmd"')
 
 
 # ----------------------------------------------------------------- prompts
@@ -516,18 +641,23 @@ _PROMPTS: dict[str, tuple[Callable[[dict, str, int], Prompt], tuple[str, ...]]] 
 }
 
 
-def _prompts(value: Any, dim: int) -> tuple[Prompt, ...]:
+def _prompt(value: Any, key: str, dim: int, extra: tuple[str, ...] = ()) -> Prompt:
+    """One measure: a table with ``kind`` and that kind's keys (and ``extra``)."""
+    table = _table(value, key)
+    kind = _choice(table.get("kind", _MISSING), f"{key}.kind", tuple(_PROMPTS))
+    parse, keys = _PROMPTS[kind]
+    _check_keys(table, ("kind", *keys, *extra), key)
+    return parse(table, key, dim)
+
+
+def _prompts(value: Any, dim: int) -> tuple[tuple[Prompt, ...], tuple[Prompt | None, ...]]:
+    """The prompts and, per prompt, its ``target`` measure or None."""
     if not (isinstance(value, list) and value):
         _fail("prompts", value, "at least one [[prompts]] table")
-    prompts = []
+    prompts, targets = [], []
     for i, item in enumerate(value):
         key = f"prompts[{i}]"
-        table = _table(item, key)
-        if "target" in table:
-            msg = f"{key}.target is not supported by this version of gridpde"
-            raise CaseError(msg)
-        kind = _choice(table.get("kind", _MISSING), f"{key}.kind", tuple(_PROMPTS))
-        parse, keys = _PROMPTS[kind]
-        _check_keys(table, ("kind", *keys), key)
-        prompts.append(parse(table, key, dim))
-    return tuple(prompts)
+        prompts.append(_prompt(item, key, dim, extra=("target",)))
+        target = item.get("target")
+        targets.append(None if target is None else _prompt(target, f"{key}.target", dim))
+    return tuple(prompts), tuple(targets)

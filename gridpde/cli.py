@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true", help="the subset the test suite runs")
     v.add_argument("--only", metavar="NAME", help="run only the checks whose name contains NAME")
 
+    g = sub.add_parser("gradcheck", help="adjoint gradient against finite differences")
+    g.add_argument("case", type=Path)
+    g.add_argument("--method", choices=["grid", "particles"], help="override [solver] method")
+    g.add_argument("--eps", type=float, default=1e-5, help="central-difference step")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+
     pl = sub.add_parser("plot", help="PNG figures of a result file")
     pl.add_argument("result", type=Path)
     pl.add_argument("-o", "--output", type=Path, help="folder for the figures")
@@ -64,10 +70,8 @@ def _run(args) -> int:
     from gridpde.run import run_case
 
     case = load_case(args.case)
-    if args.resume:
-        raise CaseError("--resume: there is nothing to resume for a forward run (no [train])")
     out = args.output or Path(case.output.path)
-    run_case(case, out, method=args.method)
+    run_case(case, out, method=args.method, resume=args.resume)
     if case.output.plot and not args.no_plot:
         from gridpde.plot import plot_result
 
@@ -80,6 +84,19 @@ def _validate(args) -> int:
     from gridpde.validation.suite import run_suite
 
     return 0 if run_suite(quick=args.quick, only=args.only) else 1
+
+
+def _gradcheck(args) -> int:
+    from gridpde.case import load_case
+    from gridpde.gradcheck import gradient_checks, report
+    from gridpde.risk import Problem
+
+    case = load_case(args.case)
+    problem = Problem(case, args.method)
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    print(f"gradcheck: {problem.method} method, {len(case.prompts)} prompt(s)", file=sys.stderr)
+    print(report(*gradient_checks(problem, heads, eps=args.eps, seed=args.seed)))
+    return 0
 
 
 def _plot(args) -> int:
@@ -97,4 +114,4 @@ def _info(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "plot": _plot, "info": _info}
+_COMMANDS = {"run": _run, "validate": _validate, "gradcheck": _gradcheck, "plot": _plot, "info": _info}

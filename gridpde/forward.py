@@ -35,11 +35,50 @@ SSP_COEFFS = {"euler": (0.0,), "ssprk2": (0.0, 0.5), "ssprk3": (0.0, 0.75, 1.0 /
 
 @dataclass
 class Stage:
-    """One right-hand side evaluation: drho/ds, outflow rate, Courant rate."""
+    """One right-hand side evaluation: drho/ds, outflow rate, Courant rate,
+    and the face velocities it used."""
 
     drho: np.ndarray
     outflow: float
     rate: float
+    u: list[np.ndarray]
+
+
+@dataclass
+class StepRecord:
+    """What the adjoint needs of one depth step: its layer and size, the
+    state it started from and, if kept, each stage's input and face velocities."""
+
+    layer: int
+    dt: float
+    start: np.ndarray
+    stages: list[tuple[np.ndarray, list[np.ndarray]]] | None
+
+
+class Tape:
+    """Forward steps recorded for the backward pass, within a memory budget.
+
+    Every step's start state is kept; stage data are kept while the total
+    stays within ``budget_bytes`` and are recomputed from the start state
+    (bit for bit: the kernels are deterministic) for the steps beyond it.
+    """
+
+    def __init__(self, budget_bytes: float = 2048 * 2**20):
+        self.budget = budget_bytes
+        self.steps: list[StepRecord] = []
+        self.bytes = 0
+        self.recomputed = 0
+
+    def add(self, rec: StepRecord) -> None:
+        size = rec.start.nbytes
+        if rec.stages is not None:
+            stage_bytes = sum(u.nbytes + sum(f.nbytes for f in U) for u, U in rec.stages)
+            if self.bytes + size + stage_bytes <= self.budget:
+                size += stage_bytes
+            else:
+                rec.stages = None
+        self.bytes += size
+        self.steps.append(rec)
 
 
 class GridForward:
@@ -71,6 +110,7 @@ class GridForward:
         self.B = np.ascontiguousarray(pad3(B))
         self.V = np.ascontiguousarray(pad3(V))
         self.coeffs = SSP_COEFFS[time]
+        self.limiter = limiter
         self.cfl = min(cfl, POSITIVITY_LIMIT)
         self.transport = Transport(grid.shape, grid.dx, limiter)
         d = grid.dim
@@ -95,7 +135,7 @@ class GridForward:
         u = []
         for a in range(d):
             lo, hi = self.face_slices[a], self.face_slices[a + 1]
-            u.append(self._vel[lo:hi, 3 - d + a].reshape(self.face_shapes[a]))
+            u.append(self._vel[lo:hi, 3 - d + a].reshape(self.face_shapes[a]).copy())
         return u
 
     def rhs(self, rho: np.ndarray, layer: int) -> Stage:
@@ -104,10 +144,17 @@ class GridForward:
         drho = np.empty_like(rho)
         outflow = self.transport.rhs(rho, u, drho)
         rate = sum(float(np.abs(ua).max()) / dx for ua, dx in zip(u, self.grid.dx))
-        return Stage(drho, outflow, rate)
+        return Stage(drho, outflow, rate, u)
 
-    def step(self, rho: np.ndarray, dt: float, layer: int, first: Stage | None = None):
-        """One SSP Runge-Kutta step.
+    def step(
+        self,
+        rho: np.ndarray,
+        dt: float,
+        layer: int,
+        first: Stage | None = None,
+        record: list | None = None,
+    ):
+        """One SSP Runge-Kutta step; appends (stage input, face velocities) to ``record``.
 
         Returns:
             (rho_new, mass that left during the step, largest stage Courant number).
@@ -116,6 +163,8 @@ class GridForward:
         courant = 0.0
         for k, a in enumerate(self.coeffs):
             st = first if (k == 0 and first is not None) else self.rhs(u, layer)
+            if record is not None:
+                record.append((u, st.u))
             courant = max(courant, dt * st.rate)
             nu = u + dt * st.drho
             nout = out + dt * st.outflow
@@ -132,6 +181,7 @@ class GridForward:
         s1: float,
         layer: int,
         on_step: Callable[[float, int], None] | None = None,
+        tape: Tape | None = None,
     ) -> tuple[np.ndarray, float, int]:
         """Advance ``rho`` from depth s0 to s1 inside one layer.
 
@@ -145,17 +195,25 @@ class GridForward:
         while True:
             dt = (s1 - s0) / n
             u, out, ok = rho, 0.0, True
+            records = []
             for i in range(n):
-                u, dout, courant = self.step(u, dt, layer, first if i == 0 else None)
+                stages = [] if tape is not None else None
+                start = u
+                u, dout, courant = self.step(u, dt, layer, first if i == 0 else None, stages)
                 out += dout
                 if courant > POSITIVITY_LIMIT:
                     ok = False
                     break
+                if tape is not None:
+                    records.append(StepRecord(layer, dt, start, stages))
                 if on_step is not None:
                     on_step(s0 + (i + 1) * dt, 1)
             if ok:
                 break
             n *= 2
+        if tape is not None:
+            for rec in records:
+                tape.add(rec)
         if not np.all(np.isfinite(u)):
             raise NumericalError(f"non-finite density by depth s = {s1:.6g}", s1)
         return u, out, n
@@ -166,11 +224,15 @@ class GridForward:
         s0: float,
         s1: float,
         on_step: Callable[[float, int], None] | None = None,
+        tape: Tape | None = None,
     ) -> tuple[np.ndarray, float, int]:
-        """Advance ``rho`` from s0 to s1 across layers; returns (rho, mass lost, steps)."""
+        """Advance ``rho`` from s0 to s1 across layers; returns (rho, mass lost, steps).
+
+        With a ``tape``, every step is recorded for :mod:`gridpde.adjoint`.
+        """
         lost, steps = 0.0, 0
         for a, b, layer in layer_intervals(self.layers, s0, s1):
-            rho, out, n = self.advance(rho, a, b, layer, on_step)
+            rho, out, n = self.advance(rho, a, b, layer, on_step, tape)
             lost += out
             steps += n
         return rho, lost, steps

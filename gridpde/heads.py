@@ -141,3 +141,27 @@ def pad_points(x: np.ndarray) -> np.ndarray:
     out = np.zeros(x.shape[:-1] + (3,))
     out[..., 3 - d :] = x
     return out
+
+
+def conditional_wasserstein(a: dict, b: dict) -> float:
+    """W_c between two head configurations of the same shape (MODEL.md section 5).
+
+    W_c^2 = (1/L) sum_l W_2^2(nu_l, nu'_l), nu_l = (1/M) sum_j delta_{theta_{l,j}},
+    theta = (Q, K, V) flattened; each layer's W_2 between two uniform
+    measures of M atoms is an assignment problem (scipy's
+    ``linear_sum_assignment``).
+
+    Args:
+        a, b: dicts with Q, K (L, M, k, d) and V (L, M, d, d).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    L, M = a["V"].shape[:2]
+    flat = [np.concatenate([h[k].reshape(L, M, -1) for k in ("Q", "K", "V")], axis=-1) for h in (a, b)]
+    total = 0.0
+    for layer in range(L):
+        x, y = flat[0][layer], flat[1][layer]
+        cost = np.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
+        rows, cols = linear_sum_assignment(cost)
+        total += cost[rows, cols].sum() / M
+    return float(np.sqrt(total / L))

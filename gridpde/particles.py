@@ -25,10 +25,12 @@ Token initialisation from a prompt:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from gridpde.attention.direct import direct_velocity
+from gridpde.attention.direct_vjp import direct_velocity_vjp
 from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import NumericalError
 from gridpde.grid import Grid
@@ -36,6 +38,18 @@ from gridpde.heads import pad3
 from gridpde.prompts import normal_pdf, uniform_cell_averages
 
 QUADRATURE_SIGMAS = 8.0
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """Explicit Runge-Kutta: stage i input X + h sum (j, a_ij) a_ij k_j; X' = X + h sum b_i k_i."""
+
+    inputs: tuple[tuple[tuple[int, float], ...], ...]
+    weights: tuple[float, ...]
+
+
+EULER = Tableau(((),), (1.0,))
+RK4 = Tableau(((), ((0, 0.5),), ((1, 0.5),), ((2, 1.0),)), (1 / 6, 1 / 3, 1 / 3, 1 / 6))
 
 
 def prompt_tokens(prompt: Prompt, n: int, init: str = "quadrature", seed: int = 0):
@@ -128,20 +142,53 @@ class ParticleForward:
         direct_velocity(P, P, np.ascontiguousarray(w), self.B[layer], self.V[layer], out, lse)
         return out[:, 3 - d :]
 
-    def step(self, X: np.ndarray, w: np.ndarray, layer: int) -> np.ndarray:
-        """One step of size ``dt`` inside ``layer``."""
+    def step(self, X: np.ndarray, w: np.ndarray, layer: int, record: list | None = None) -> np.ndarray:
+        """One step of size ``dt`` inside ``layer``; appends the stage inputs to ``record``."""
         h = self.dt
-        if self.integrator == "euler":
-            return X + h * self.velocity(X, w, layer)
-        k1 = self.velocity(X, w, layer)
-        k2 = self.velocity(X + 0.5 * h * k1, w, layer)
-        k3 = self.velocity(X + 0.5 * h * k2, w, layer)
-        k4 = self.velocity(X + h * k3, w, layer)
-        return X + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        stages = EULER if self.integrator == "euler" else RK4
+        ks = []
+        for shifts in stages.inputs:
+            Y = X
+            for j, c in shifts:
+                Y = Y + (c * h) * ks[j]
+            if record is not None:
+                record.append(Y)
+            ks.append(self.velocity(Y, w, layer))
+        out = X
+        for b, k in zip(stages.weights, ks):
+            out = out + (b * h) * k
+        return out
 
-    def step_index(self, s: float) -> int:
-        """The step-grid index nearest depth s (snapshots are taken there)."""
-        return int(round(s * self.layers * self.substeps))
+    def backward(self, tape: list, w: np.ndarray, lam: np.ndarray):
+        """Adjoint of the recorded steps: (dR/dX(0), dR/dB, dR/dV) from lam = dR/dX(1).
+
+        Reverses each Runge-Kutta step exactly (Y_i = X + h sum_j a_ij k_j,
+        k_i = v(Y_i), X' = X + h sum_i b_i k_i), with the attention VJP taking
+        both roles of the tokens (targets, and sources of the measure).
+        """
+        n, d = lam.shape
+        L, M = self.B.shape[:2]
+        B_bar = np.zeros((L, M, 3, 3))
+        V_bar = np.zeros((L, M, 3, 3))
+        stages = EULER if self.integrator == "euler" else RK4
+        h = self.dt
+        for layer, inputs in reversed(tape):
+            kbar = [(b * h) * lam for b in stages.weights]
+            lam_x = lam.copy()
+            for i in range(len(inputs) - 1, -1, -1):
+                P = np.zeros((n, 3))
+                P[:, 3 - d :] = inputs[i]
+                ubar = np.zeros((n, 3))
+                ubar[:, 3 - d :] = kbar[i]
+                Pb, Bb, Vb = direct_velocity_vjp(P, w, self.B[layer], self.V[layer], ubar)
+                ybar = Pb[:, 3 - d :]
+                B_bar[layer] += Bb
+                V_bar[layer] += Vb
+                lam_x += ybar
+                for j, c in stages.inputs[i]:
+                    kbar[j] = kbar[j] + (c * h) * ybar
+            lam = lam_x
+        return lam, B_bar[:, :, 3 - d :, 3 - d :], V_bar[:, :, 3 - d :, 3 - d :]
 
     def solve(
         self,
@@ -150,10 +197,19 @@ class ParticleForward:
         k0: int,
         k1: int,
         on_step: Callable[[float, int], None] | None = None,
+        tape: list | None = None,
     ) -> np.ndarray:
-        """Advance the tokens from step index k0 to k1 (depths k / (L substeps))."""
+        """Advance the tokens from step index k0 to k1 (depths k / (L substeps)).
+
+        With a ``tape`` (a list), each step's (layer, stage inputs) is appended
+        for :meth:`backward`.
+        """
         for k in range(k0, k1):
-            X = self.step(X, w, k // self.substeps)
+            layer = k // self.substeps
+            record = [] if tape is not None else None
+            X = self.step(X, w, layer, record)
+            if tape is not None:
+                tape.append((layer, record))
             if not np.all(np.isfinite(X)):
                 s = (k + 1) * self.dt
                 raise NumericalError(f"non-finite token positions by depth s = {s:.6g}", s)

@@ -104,6 +104,7 @@ def write_result(
     method: str,
     heads: dict[str, np.ndarray],
     attrs: dict[str, Any] | None = None,
+    extra: dict[str, tuple[Any, tuple[str, ...]]] | None = None,
 ) -> None:
     """Write the snapshot record ``snaps`` and the heads to ``path`` atomically.
 
@@ -116,6 +117,8 @@ def write_result(
         method: "grid" or "particles".
         heads: Q, K (L, M, k, d) and V, B (L, M, d, d); any subset.
         attrs: extra root attributes (numbers, text, arrays); None values skipped.
+        extra: more datasets, name -> (array, dimension names); a name may
+            hold a group path ("grad/Q"), whose group gets its own dimensions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +126,9 @@ def write_result(
     try:
         with h5py.File(tmp, "w") as f:
             _write(f, snaps, case_text=case_text, dim=dim, method=method, heads=heads, attrs=attrs)
+            for name, (data, dims) in (extra or {}).items():
+                group, _, leaf = name.rpartition("/")
+                write_array(f.require_group(group) if group else f, leaf, data, dims)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -22,7 +22,10 @@ from gridpde.grid import Grid
 from gridpde.heads import score_matrices
 from gridpde.particles import ParticleForward, prompt_tokens, steps_per_layer, token_moments
 from gridpde.prompts import cell_averages
+from gridpde.checkpoint import HEAD_DIMS, load_checkpoint, train_datasets
 from gridpde.results import write_result
+from gridpde.risk import Problem
+from gridpde.train import TrainRecord, TrainState, grad_norm, train
 from gridpde.snapshots import Snapshots
 
 Report = Callable[[str], None]
@@ -70,16 +73,20 @@ class _GridMethod:
 
     name = "grid"
 
-    def __init__(self, case: Case, B: np.ndarray):
+    def __init__(self, case: Case):
         if case.grid is None:
             raise CaseError("[grid]: required for the grid method (lower, upper, cells)")
         sv = case.solver
+        self.case = case
         self.grid = Grid(case.grid.lower, case.grid.upper, case.grid.cells)
-        limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
-        self.solver = GridForward(self.grid, B, case.model.V, limiter, sv.time, sv.cfl, sv.quadrature)
+        self.limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
         self.attrs = {"scheme": sv.scheme, "limiter": sv.limiter, "time": sv.time, "cfl": sv.cfl,
                       "quadrature": sv.quadrature, "mass_tol": sv.mass_tol}
         self.label = f"{'x'.join(map(str, self.grid.cells))} cells"
+
+    def use_heads(self, B: np.ndarray, V: np.ndarray) -> None:
+        sv = self.case.solver
+        self.solver = GridForward(self.grid, B, V, self.limiter, sv.time, sv.cfl, sv.quadrature)
 
     def initial(self, prompts) -> list[list]:
         return [[*cell_averages(p, self.grid, f"prompts[{i}]"), 0] for i, p in enumerate(prompts)]
@@ -107,30 +114,36 @@ class _ParticleMethod:
 
     name = "particles"
 
-    def __init__(self, case: Case, B: np.ndarray):
+    def __init__(self, case: Case):
         sv = case.solver
         self.case = case
         self.substeps = steps_per_layer(sv.integrator, sv.substeps)
-        self.solver = ParticleForward(B, case.model.V, sv.integrator, self.substeps)
+        self.steps_per_depth = case.model.layers * self.substeps
         self.attrs = {"integrator": sv.integrator, "substeps": self.substeps, "init": sv.init,
                       "tokens_requested": sv.tokens, "seed": sv.seed}
         self.label = f"{sv.integrator} x {self.substeps} substeps"
+
+    def use_heads(self, B: np.ndarray, V: np.ndarray) -> None:
+        self.solver = ParticleForward(B, V, self.case.solver.integrator, self.substeps)
 
     def initial(self, prompts) -> list[list]:
         sv = self.case.solver
         return [[*prompt_tokens(p, sv.tokens, sv.init, sv.seed + i), 0] for i, p in enumerate(prompts)]
 
+    def _index(self, s: float) -> int:
+        return int(round(s * self.steps_per_depth))
+
     def snapshots(self, depth: np.ndarray, states) -> Snapshots:
-        depth = np.array([self.solver.step_index(s) * self.solver.dt for s in depth])
+        depth = np.array([self._index(s) / self.steps_per_depth for s in depth])
         tokens = max(st[0].shape[0] for st in states)
-        snaps = Snapshots.empty(depth, len(states), self.solver.dim, tokens=tokens)
+        snaps = Snapshots.empty(depth, len(states), self.case.dim, tokens=tokens)
         snaps.weights[:] = 0.0
         for p, (X, w, _) in enumerate(states):
             snaps.weights[p, : len(w)] = w
         return snaps
 
     def advance(self, st: list, s0: float, s1: float, on_step) -> None:
-        k1 = self.solver.step_index(s1)
+        k1 = self._index(s1)
         st[0] = self.solver.solve(st[0], st[1], st[2], k1, on_step)
         st[2] = k1
 
@@ -143,9 +156,19 @@ class _ParticleMethod:
 
 
 def run_case(
-    case: Case, out: str | Path, *, method: str | None = None, report: Report = _stderr
+    case: Case,
+    out: str | Path,
+    *,
+    method: str | None = None,
+    resume: bool = False,
+    report: Report = _stderr,
 ) -> Snapshots:
-    """Run the forward pass of ``case`` and write the result file ``out``.
+    """Run ``case`` and write the result file ``out``.
+
+    With [train] (steps > 0), the heads are trained first (checkpointed in
+    ``out``; ``resume`` continues from the last checkpoint); then the forward
+    pass runs with the final heads, and with [loss] the risk and its
+    gradient are stored.
 
     Raises:
         CaseError: the case cannot be run as given (exit status 2).
@@ -153,36 +176,44 @@ def run_case(
         KeyboardInterrupt: after saving what was computed.
     """
     m, sv = case.model, case.solver
-    B = score_matrices(m.Q, m.K, m.scale_scores)
     name = method or sv.method
-    runner = _GridMethod(case, B) if name == "grid" else _ParticleMethod(case, B)
+    runner = _GridMethod(case) if name == "grid" else _ParticleMethod(case)
+    training = case.train is not None and case.train.steps > 0
+    if resume and not training:
+        raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")
     warm_up(report)
     states = runner.initial(case.prompts)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
     depth = snaps.depth
     P = len(states)
-    heads = {"Q": m.Q, "K": m.K, "V": m.V, "B": B}
+    heads = {"Q": m.Q, "K": m.K, "V": m.V}
     attrs = {**runner.attrs, "scale_scores": m.scale_scores}
     progress = Progress(report)
+    extra: dict = {}
 
     def save() -> None:
         snaps.timings["run"] = progress.elapsed
+        B = score_matrices(heads["Q"], heads["K"], m.scale_scores)
         write_result(out, snaps, case_text=case.text, dim=case.dim, method=runner.name,
-                     heads=heads, attrs=attrs)
+                     heads={**heads, "B": B}, attrs=attrs, extra=extra)
 
     def stop(status: str, message: str) -> None:
         snaps.status, snaps.message = status, message
         save()
-        report(f"stopped: {message}; saved {snaps.done} of {len(depth)} snapshots to {out}")
+        report(f"stopped: {message}; saved what was computed to {out}")
 
     for p, st in enumerate(states):
         runner.record(snaps, 0, p, st)
     snaps.done = 1
-    report(f"running {P} prompt(s), {runner.name} method ({runner.label}), {m.layers} layer(s) "
-           f"x {m.heads} head(s), {len(depth)} snapshots -> {out}")
+    problem = Problem(case, runner.name) if case.loss is not None else None
     try:
         for p in range(P):
             _check_mass(snaps.mass_out[p, 0], sv.mass_tol, p, 0.0)
+        if training:
+            heads = _train(case, problem, heads, out, resume, extra, save, report, attrs)
+        runner.use_heads(score_matrices(heads["Q"], heads["K"], m.scale_scores), heads["V"])
+        report(f"running {P} prompt(s), {runner.name} method ({runner.label}), {m.layers} layer(s) "
+               f"x {m.heads} head(s), {len(depth)} snapshots -> {out}")
         for k in range(1, len(depth)):
             for p, st in enumerate(states):
                 label = f"prompt {p + 1}/{P}"
@@ -192,7 +223,15 @@ def run_case(
             save()
             for p in range(P):
                 _check_mass(snaps.mass_out[p, k], sv.mass_tol, p, depth[k])
-    except _MassLost as exc:
+        if problem is not None:
+            report("computing the risk and its gradient (forward and adjoint)...")
+            t = time.perf_counter()
+            res = problem.risk_and_grad(heads["Q"], heads["K"], heads["V"])
+            snaps.timings["gradient"] = time.perf_counter() - t
+            extra.update(risk_datasets(res))
+            report(f"risk {res.risk:.6g} (per prompt {np.array2string(res.per_prompt, precision=4)}), "
+                   f"|grad| {grad_norm(res.grad):.3g}")
+    except (_MassLost, RunError) as exc:
         stop("mass_lost", str(exc))
         raise RunError(str(exc)) from None
     except NumericalError as exc:
@@ -201,10 +240,65 @@ def run_case(
     except KeyboardInterrupt:
         stop("interrupted", "interrupted by the user (Ctrl-C)")
         raise
-    snaps.status, snaps.message = "finished", f"finished in {progress.elapsed:.1f} s"
+    snaps.status = "finished"
+    snaps.message = attrs.get("train_stop", "") or f"finished in {progress.elapsed:.1f} s"
     save()
-    report(f"finished: {progress.steps} steps in {progress.elapsed:.1f} s; wrote {out}")
+    report(f"finished in {progress.elapsed:.1f} s; wrote {out}")
     return snaps
+
+
+def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dict:
+    """Train the heads, checkpointing into ``out``; returns the final heads.
+
+    On NaN, lost mass or Ctrl-C the last good state is checkpointed before
+    the exception goes on.
+    """
+    initial = dict(heads)
+    if resume:
+        state, record = load_checkpoint(out, case.text)
+        report(f"resuming training at step {state.step} from {out}")
+    else:
+        state, record = TrainState(0, dict(heads)), TrainRecord()
+    P = len(case.prompts)
+
+    def checkpoint(st: TrainState, rec: TrainRecord, history: bool = True) -> None:
+        """Save the resume state; regular checkpoints also join the head history."""
+        if history and (not rec.checkpoint_step or rec.checkpoint_step[-1] != st.step):
+            rec.checkpoint_step.append(st.step)
+            rec.checkpoint_heads.append(dict(st.heads))
+        heads.update(st.heads)
+        extra.update(train_datasets(st, rec, P))
+        attrs["train_step"] = st.step
+        save()
+
+    last = [time.perf_counter()]
+
+    def on_step(st: TrainState, rec: TrainRecord) -> None:
+        if time.perf_counter() - last[0] >= 2.0 or st.step == 1:
+            last[0] = time.perf_counter()
+            report(f"  train step {st.step}  risk {rec.risk[-1]:.4e}  |grad| {rec.grad_norm[-1]:.3e}  "
+                   f"lr {rec.lr[-1]:.3g}  W_c {rec.w_c[-1]:.3e}")
+
+    report(f"training: up to {case.train.steps} steps, lr {case.train.lr:g}, {problem.method} method")
+    if not record.checkpoint_step:
+        checkpoint(state, record)
+    try:
+        state = train(problem, case.train, state, initial, record, on_step=on_step, checkpoint=checkpoint)
+    except BaseException:
+        checkpoint(state, record, history=False)
+        raise
+    checkpoint(state, record)
+    attrs["train_stop"] = state.message
+    report(f"training stopped: {state.message}")
+    return dict(state.heads)
+
+
+def risk_datasets(res) -> dict:
+    """/risk, /risk_prompt and /grad/{Q,K,V,B} for the result file."""
+    out = {"risk": (np.float64(res.risk), ()), "risk_prompt": (res.per_prompt, ("prompt",))}
+    for k, v in res.grad.items():
+        out[f"grad/{k}"] = (v, HEAD_DIMS[k])
+    return out
 
 
 class _MassLost(Exception):

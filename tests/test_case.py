@@ -6,6 +6,7 @@ import pytest
 from gridpde.case import (
     Case,
     GaussianPrompt,
+    HeadsSpec,
     MixturePrompt,
     TokensPrompt,
     UniformPrompt,
@@ -211,6 +212,86 @@ def _sub(old: str, new: str) -> str:
     return CASE.replace(old, new, 1)
 
 
+LOSS = '\n[loss]\nkind = "mmd"\nsigma = 0.5\n'
+TEACHER = "[loss.teacher]\ninit = { scale = 0.5, seed = 7 }\n"
+TARGET = "target = { kind = \"tokens\", points = [[1, 1], [2, 2]], weights = [1, 3] }"
+
+
+def _with_targets(skip: int | None = None) -> str:
+    """CASE with a tokens target on every prompt but number ``skip``."""
+    parts = CASE.split("[[prompts]]\n")
+    for i in range(1, len(parts)):
+        if i - 1 != skip:
+            parts[i] = parts[i].replace("\n", "\n" + TARGET + "\n", 1)
+    return "[[prompts]]\n".join(parts)
+
+
+def test_mmd_with_teacher_init():
+    text = CASE + LOSS + TEACHER + "[train]\nsteps = 0\n"
+    case = parse_case(text)
+    loss = case.loss
+    assert (loss.kind, loss.sigma, loss.centre) == ("mmd", 0.5, None)
+    assert isinstance(loss.teacher, HeadsSpec)
+    expected = random_heads(1, 2, 2, 2, 0.5, 7)
+    for got, want in zip((loss.teacher.Q, loss.teacher.K, loss.teacher.V), expected, strict=True):
+        assert got.shape == want.shape and not got.flags.writeable
+        np.testing.assert_array_equal(got, want)
+    assert case.targets == (None, None, None, None)
+    assert case.train.steps == 0 and case.train.lr == 0.1  # lr default
+
+
+def test_teacher_inline_and_from_file(tmp_path):
+    inline = MODEL.replace("[model]\nlayers = 1\nheads = 2\nhead_dim = 2\n", "[loss.teacher]\n")
+    case = parse_case(CASE + LOSS + inline)
+    np.testing.assert_array_equal(case.loss.teacher.Q, case.model.Q)
+    np.testing.assert_array_equal(case.loss.teacher.V, case.model.V)
+    Q, K, V = random_heads(1, 2, 2, 2, scale=1.0, seed=2)
+    np.savez(tmp_path / "teacher.npz", Q=Q, K=K, V=V)
+    text = CASE + LOSS + '[loss.teacher]\nheads_file = "teacher.npz"\n'
+    case = parse_case(text, base_dir=tmp_path)
+    np.testing.assert_array_equal(case.loss.teacher.K, K)
+
+
+def test_potential_with_centre():
+    case = parse_case(CASE + '\n[loss]\nkind = "potential"\ncentre = [1, -2.5]\n')
+    assert case.loss.kind == "potential" and case.loss.teacher is None
+    np.testing.assert_array_equal(case.loss.centre, [1.0, -2.5])
+    assert case.loss.centre.dtype == np.float64 and not case.loss.centre.flags.writeable
+    assert case.targets == (None,) * 4
+    default = parse_case(CASE + '\n[loss]\nkind = "potential"\n').loss.centre
+    np.testing.assert_array_equal(default, [0.0, 0.0])
+
+
+def test_per_prompt_targets():
+    case = parse_case(_with_targets() + LOSS)
+    assert case.loss.teacher is None and len(case.targets) == 4
+    for target in case.targets:
+        assert isinstance(target, TokensPrompt)
+        np.testing.assert_array_equal(target.points, [[1, 1], [2, 2]])
+        np.testing.assert_allclose(target.weights, [0.25, 0.75], rtol=1e-15)
+    # with a teacher, targets are optional per prompt; any prompt kind works
+    gauss = 'target = { kind = "gaussian", mean = [1, 0], cov = [[2, 0], [0, 2]] }'
+    text = _sub('kind = "uniform"', 'kind = "uniform"\n' + gauss) + LOSS + TEACHER
+    case = parse_case(text)
+    assert case.targets[0] is None and case.targets[3] is None
+    assert isinstance(case.targets[2], GaussianPrompt)
+    np.testing.assert_array_equal(case.targets[2].cov, [[2, 0], [0, 2]])
+
+
+def test_train_table():
+    text = (
+        CASE + LOSS + TEACHER + "[train]\nsteps = 20\nlr = 0.05\ncheckpoint_every = 5\n"
+        "backtrack = false\nrisk_tol = 1e-6\ngrad_tol = 1e-8\ntime_limit = 60\n"
+    )
+    t = parse_case(text).train
+    assert (t.steps, t.lr, t.checkpoint_every, t.backtrack) == (20, 0.05, 5, False)
+    assert (t.risk_tol, t.grad_tol, t.time_limit) == (1e-6, 1e-8, 60.0)
+    assert isinstance(t.time_limit, float)
+    case = parse_case(CASE)
+    assert case.loss is None and case.train is None and case.targets == (None,) * 4
+    assert case.solver.adjoint_memory_mb == 2048.0
+
+
 BAD = [
     ("unknown top-level key", "colour = 1\n" + CASE, "colour"),
     ("unknown key in output", CASE + "\ncolour = 1\n", "output.colour"),
@@ -252,13 +333,46 @@ BAD = [
     ("negative token weight", _sub("weights = [1, 1, 2]", "weights = [1, -1, 2]"),
      "prompts[3].weights"),
     ("string in mean", _sub("mean = [0, 0.5]", 'mean = [0, "a"]'), "prompts[0].mean"),
-    ("target", _sub('kind = "tokens"', 'kind = "tokens"\ntarget = { kind = "tokens" }'),
-     "prompts[3].target"),
+    ("target without points",
+     _sub('kind = "tokens"', 'kind = "tokens"\ntarget = { kind = "tokens" }') + LOSS,
+     "prompts[3].target.points"),
+    ("target without loss", _sub('kind = "tokens"', 'kind = "tokens"\n' + TARGET),
+     "prompts[3].target: needs a [loss] table"),
+    ("loss without targets or teacher", CASE + LOSS, "prompts[0].target is missing"),
+    ("loss with some targets missing", _with_targets(skip=2) + LOSS, "prompts[2].target"),
+    ("target with potential", _with_targets() + '\n[loss]\nkind = "potential"\n',
+     "prompts[0].target"),
+    ("sigma = 0", _with_targets() + LOSS.replace("sigma = 0.5", "sigma = 0"), "loss.sigma"),
+    ("sigma < 0", _with_targets() + LOSS.replace("sigma = 0.5", "sigma = -1"), "loss.sigma"),
+    ("bad loss kind", _with_targets() + LOSS.replace('"mmd"', '"wasserstein"'), "loss.kind"),
+    ("unknown key in loss", _with_targets() + LOSS + "sgima = 1\n", "loss.sgima"),
+    ("centre with mmd", _with_targets() + LOSS + "centre = [0, 0]\n", "loss.centre"),
+    ("sigma with potential", CASE + '\n[loss]\nkind = "potential"\nsigma = 1\n', "loss.sigma"),
+    ("teacher with potential", CASE + '\n[loss]\nkind = "potential"\n' + TEACHER,
+     "loss.teacher"),
+    ("centre of wrong length", CASE + '\n[loss]\nkind = "potential"\ncentre = [1]\n',
+     "loss.centre"),
+    ("unknown key in teacher", CASE + LOSS + TEACHER + "layers = 1\n", "loss.teacher.layers"),
+    ("teacher without heads", CASE + LOSS + "[loss.teacher]\n", "loss.teacher"),
+    ("teacher of wrong shape", CASE + LOSS + "[loss.teacher]\nQ = [[[[1, 0], [0, 1]]]]\n"
+     "K = [[[[1, 0], [0, 1]]]]\nV = [[[[1, 0], [0, 1]]]]\n", "loss.teacher.Q"),
+    ("teacher init scale < 0", CASE + LOSS + "[loss.teacher]\ninit = { scale = -1 }\n",
+     "loss.teacher.init.scale"),
+    ("train without loss", CASE + "\n[train]\nsteps = 3\n", "[train]: needs a [loss] table"),
+    ("unknown key in train", CASE + LOSS + TEACHER + "[train]\nstpes = 3\n", "train.stpes"),
+    ("lr = 0", CASE + LOSS + TEACHER + "[train]\nlr = 0\n", "train.lr"),
+    ("steps < 0", CASE + LOSS + TEACHER + "[train]\nsteps = -1\n", "train.steps"),
+    ("checkpoint_every = 0", CASE + LOSS + TEACHER + "[train]\ncheckpoint_every = 0\n",
+     "train.checkpoint_every"),
+    ("backtrack not bool", CASE + LOSS + TEACHER + "[train]\nbacktrack = 1\n",
+     "train.backtrack"),
+    ("negative time_limit", CASE + LOSS + TEACHER + "[train]\ntime_limit = -1\n",
+     "train.time_limit"),
+    ("adjoint_memory_mb = 0", _sub("seed = 3", "seed = 3\nadjoint_memory_mb = 0"),
+     "solver.adjoint_memory_mb"),
     ("missing dim", _sub("dim = 2", ""), "dim"),
     ("dim = 4", _sub("dim = 2", "dim = 4"), "dim"),
     ("TOML syntax error", _sub("cells = [64, 32]", "cells = [64, 32"), "mem.toml"),
-    ("[loss] table", CASE + '\n[loss]\nkind = "mmd"\n', "[loss]"),
-    ("[train] table", CASE + "\n[train]\nsteps = 3\n", "[train]"),
     ("grid missing", _sub("[grid]\nlower = [-6, -6.0]\nupper = [6, 6]\ncells = [64, 32]\n", ""),
      "grid"),
     ("no prompts", CASE.split("[[prompts]]")[0] + '[solver]\nmethod = "grid"\n', "prompts"),

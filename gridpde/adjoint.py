@@ -1,0 +1,95 @@
+"""The discrete adjoint of the grid forward solver: exact gradients of the
+discrete risk with respect to every head.
+
+The forward pass (:class:`gridpde.forward.GridForward` with a
+:class:`~gridpde.forward.Tape`) records every depth step. A step is an SSP
+Runge-Kutta scheme in Shu-Osher form, stage k:
+
+    u_k = a_k u_n + (1 - a_k) (u_{k-1} + dt L(u_{k-1})),   u_0 = u_n,
+
+and its exact transpose, with lambda_k the adjoint of u_k, runs backwards:
+
+    lambda_n      += a_k lambda_k
+    mu             = (1 - a_k) lambda_k
+    lambda_{k-1}   = mu + dt J(u_{k-1})^T mu
+    (B, V)_bar    += dt L_theta(u_{k-1})^T mu
+
+J^T mu is the transport VJP (frozen upwind sides and limiter branches, as
+the forward pass took them) plus the attention VJP through the cell masses
+(the non-local term: the velocity depends on rho itself); L_theta^T mu is
+the attention VJP in B = K^T Q and V. Step counts are frozen at the ones the
+forward pass chose, so this is the gradient of the discrete map actually run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gridpde.attention.tensor_vjp import tensor_velocity_vjp
+from gridpde.forward import GridForward, StepRecord, Tape
+from gridpde.transport_vjp import transport_vjp
+
+
+def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.ndarray, layer: int):
+    """(J(u)^T mu, B_bar, V_bar) of L(u) = -div(u v[u]) with ``faces`` the forward velocities.
+
+    B_bar, V_bar are (M, 3, 3) in the padded layout.
+    """
+    grid = solver.grid
+    d = grid.dim
+    rho_bar, ubar_faces = transport_vjp(u, faces, mu, grid.dx, solver.limiter)
+    ubar = np.zeros((solver.targets.shape[0], 3))
+    for a in range(d):
+        lo, hi = solver.face_slices[a], solver.face_slices[a + 1]
+        ubar[lo:hi, 3 - d + a] = ubar_faces[a].ravel()
+    w = (u * grid.cell_volume).reshape(grid.padded_shape)
+    w_bar, B_bar, V_bar = tensor_velocity_vjp(
+        solver.targets, w, *solver.sources, solver.B[layer], solver.V[layer], solver.h, ubar
+    )
+    rho_bar = rho_bar + w_bar.reshape(grid.shape) * grid.cell_volume
+    return rho_bar, B_bar, V_bar
+
+
+def _stages(solver: GridForward, rec: StepRecord):
+    """The step's stage inputs and face velocities: recorded, or recomputed bit for bit."""
+    if rec.stages is not None:
+        return rec.stages
+    stages: list = []
+    solver.step(rec.start, rec.dt, rec.layer, None, stages)
+    return stages
+
+
+def backward(solver: GridForward, tape: Tape, lam: np.ndarray):
+    """Run the adjoint from s = 1 back to s = 0.
+
+    Args:
+        solver: the forward solver that filled ``tape``.
+        tape: the recorded forward steps.
+        lam: dR/drho at the final state (shape of the grid).
+
+    Returns:
+        (dR/drho(0), dR/dB (L, M, d, d), dR/dV (L, M, d, d)).
+    """
+    d = solver.grid.dim
+    L, M = solver.B.shape[:2]
+    B_bar = np.zeros((L, M, 3, 3))
+    V_bar = np.zeros((L, M, 3, 3))
+    coeffs = solver.coeffs
+    for rec in reversed(tape.steps):
+        stages = _stages(solver, rec)
+        if rec.stages is None:
+            tape.recomputed += 1
+        lam_n = np.zeros_like(lam)
+        lam_k = lam
+        for k in range(len(coeffs) - 1, -1, -1):
+            a = coeffs[k]
+            if a:
+                lam_n += a * lam_k
+            mu = (1.0 - a) * lam_k
+            u_in, faces = stages[k]
+            rho_bar, Bb, Vb = rhs_vjp(solver, u_in, faces, mu, rec.layer)
+            lam_k = mu + rec.dt * rho_bar
+            B_bar[rec.layer] += rec.dt * Bb
+            V_bar[rec.layer] += rec.dt * Vb
+        lam = lam_n + lam_k
+    return lam, B_bar[:, :, 3 - d :, 3 - d :], V_bar[:, :, 3 - d :, 3 - d :]

@@ -1,0 +1,383 @@
+"""Reverse mode (VJP) of the direct attention velocity, tokens as sources and targets.
+
+The map (padded layout, MODEL.md section 1; ``direct.direct_velocity`` with
+``targets = sources = X``)
+
+    out_i = (1/M) sum_j V_j E_ij,   E_ij = m_j(x_i) = sum_k P_ijk y_k,
+    P_ijk = w_k exp(s_ijk - lse_ij),  s_ijk = z_ij . y_k,  z_ij = B_j x_i,
+
+with y_k = x_k (the same tokens) and fixed weights w. Its linearisation
+transposed, for an incoming cotangent ubar (n, 3) and c_ij = V_j^T ubar_i / M:
+
+    V_bar_j  = (1/M) sum_i ubar_i E_ij^T
+    zbar_ij  = Cov_ij c_ij = sum_k P_ijk (y_k - E_ij) ((y_k - E_ij) . c_ij)
+    B_bar_j  = sum_i zbar_ij x_i^T
+    X_bar_i  = sum_j B_j^T zbar_ij                                  (x_i as target)
+             + sum_{j,i'} P_i'jk [c_i'j + z_i'j ((y_k - E_i'j) . c_i'j)]  at k = i
+                                                                    (x_k as source)
+
+using dm/dz = Cov and dm/dy_k = P_k [I + (y_k - E) z^T]. Sources with
+w_k = 0 do not enter the forward pass, so their source term is 0.
+
+Two numba passes, neither forms an n x n matrix:
+
+1. parallel over targets i (for every head j): the max score, then one sweep
+   for the normaliser, the tilted mean and Cov c, the covariance taken about
+   the max-score source r (sum P (y - r)((y - r).c) - (E - r)((E - r).c):
+   when the tilted measure is concentrated, E is close to r and nothing
+   cancels). Stores per (j, i) what pass 2 needs: z, lse, c and
+   a = c - z (E.c) (O(n M) numbers).
+2. parallel over sources k: y_bar_k = sum_{j,i} P_ijk (a_ij + z_ij (y_k . c_ij)),
+   recomputing P from the stored z and lse (no races, no n x n storage).
+
+Both use the forward kernel's stabilisation (max shift, ``fast_exp``) and its
+layout trick (leading coordinates zero for every kept source are skipped in
+the score sums; pass 2 takes the short path only when z and a are zero there
+too, which holds for padded B and V). Cost ~ 2 forward calls. The plain-numpy
+twins below form n x n matrices (tests only, small n).
+"""
+
+import numpy as np
+from numba import prange
+
+from gridpde._numba import inline, kernel
+from gridpde.attention.fastexp import fast_exp
+
+__all__ = ["direct_velocity_vjp", "direct_velocity_jvp_numpy", "direct_velocity_vjp_numpy"]
+
+
+# ---------------------------------------------------------------- pass 1: targets
+
+
+@inline
+def _max_score(z0, z1, z2, y0, y1, y2, n, D):
+    """max_k z.y_k over the D active (trailing) coordinates."""
+    mx = -np.inf
+    if D == 3:
+        for k in range(n):
+            s = z0 * y0[k] + z1 * y1[k] + z2 * y2[k]
+            mx = s if s > mx else mx
+    elif D == 2:
+        for k in range(n):
+            s = z1 * y1[k] + z2 * y2[k]
+            mx = s if s > mx else mx
+    else:
+        for k in range(n):
+            s = z2 * y2[k]
+            mx = s if s > mx else mx
+    return mx
+
+
+@inline
+def _argmax_near(z0, z1, z2, y0, y1, y2, n, mx, tol):
+    """First k whose score is within ``tol`` of the max (a reference point)."""
+    for k in range(n):
+        if z0 * y0[k] + z1 * y1[k] + z2 * y2[k] >= mx - tol:
+            return k
+    return 0
+
+
+@inline
+def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
+    """Sweep over the sources: with e_k = w_k exp(s_k - mx), u_k = y_k - r,
+
+    returns sum e, sum e u (3) and sum e u (u . c) (3).
+    """
+    s0 = 0.0
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    t0 = 0.0
+    t1 = 0.0
+    t2 = 0.0
+    if D == 3:
+        for k in range(n):
+            e = w[k] * fast_exp(z0 * y0[k] + z1 * y1[k] + z2 * y2[k] - mx)
+            u0 = y0[k] - r0
+            u1 = y1[k] - r1
+            u2 = y2[k] - r2
+            eu = e * (u0 * c0 + u1 * c1 + u2 * c2)
+            s0 += e
+            a0 += e * u0
+            a1 += e * u1
+            a2 += e * u2
+            t0 += eu * u0
+            t1 += eu * u1
+            t2 += eu * u2
+    elif D == 2:
+        for k in range(n):
+            e = w[k] * fast_exp(z1 * y1[k] + z2 * y2[k] - mx)
+            u1 = y1[k] - r1
+            u2 = y2[k] - r2
+            eu = e * (u1 * c1 + u2 * c2)
+            s0 += e
+            a1 += e * u1
+            a2 += e * u2
+            t1 += eu * u1
+            t2 += eu * u2
+    else:
+        for k in range(n):
+            e = w[k] * fast_exp(z2 * y2[k] - mx)
+            u2 = y2[k] - r2
+            eu = e * (u2 * c2)
+            s0 += e
+            a2 += e * u2
+            t2 += eu * u2
+    return s0, a0, a1, a2, t0, t1, t2
+
+
+@kernel(parallel=True)
+def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
+    """Pass 1, parallel over targets i = rows of X.
+
+    ys (3, n) kept sources coordinate-major (leading 3 - D rows zero), ws (n,)
+    their weights, D the number of active trailing coordinates. Writes per
+    (j, i): E, Zb = Cov c, Z = z, C = c, A = c - z (E.c) (all (M, 3, T)),
+    L = lse (M, T); and xbar (T, 3) = sum_j B_j^T Zb_ij.
+    """
+    T = X.shape[0]
+    n = ws.shape[0]
+    M = B.shape[0]
+    y0 = ys[0]
+    y1 = ys[1]
+    y2 = ys[2]
+    for i in prange(T):
+        x0 = X[i, 0]
+        x1 = X[i, 1]
+        x2 = X[i, 2]
+        g0 = 0.0
+        g1 = 0.0
+        g2 = 0.0
+        for j in range(M):
+            z0 = B[j, 0, 0] * x0 + B[j, 0, 1] * x1 + B[j, 0, 2] * x2
+            z1 = B[j, 1, 0] * x0 + B[j, 1, 1] * x1 + B[j, 1, 2] * x2
+            z2 = B[j, 2, 0] * x0 + B[j, 2, 1] * x1 + B[j, 2, 2] * x2
+            # c = V_j^T ubar_i / M
+            c0 = (V[j, 0, 0] * ubar[i, 0] + V[j, 1, 0] * ubar[i, 1] + V[j, 2, 0] * ubar[i, 2]) / M
+            c1 = (V[j, 0, 1] * ubar[i, 0] + V[j, 1, 1] * ubar[i, 1] + V[j, 2, 1] * ubar[i, 2]) / M
+            c2 = (V[j, 0, 2] * ubar[i, 0] + V[j, 1, 2] * ubar[i, 1] + V[j, 2, 2] * ubar[i, 2]) / M
+            # inactive score coordinates multiply zeros: drop them
+            zs0 = z0 if D == 3 else 0.0
+            zs1 = z1 if D >= 2 else 0.0
+            mx = _max_score(zs0, zs1, z2, y0, y1, y2, n, D)
+            kr = _argmax_near(zs0, zs1, z2, y0, y1, y2, n, mx, 1e-8 * (1.0 + abs(mx)))
+            r0 = y0[kr]
+            r1 = y1[kr]
+            r2 = y2[kr]
+            s0, a0, a1, a2, t0, t1, t2 = _tilted_sums(
+                zs0, zs1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, ws, n, mx, D
+            )
+            # mean about r, then E and Cov c = t/s0 - (E - r)((E - r).c)
+            d0 = a0 / s0
+            d1 = a1 / s0
+            d2 = a2 / s0
+            dc = d0 * c0 + d1 * c1 + d2 * c2
+            zb0 = t0 / s0 - d0 * dc
+            zb1 = t1 / s0 - d1 * dc
+            zb2 = t2 / s0 - d2 * dc
+            e0 = r0 + d0
+            e1 = r1 + d1
+            e2 = r2 + d2
+            ec = e0 * c0 + e1 * c1 + e2 * c2
+            E[j, 0, i] = e0
+            E[j, 1, i] = e1
+            E[j, 2, i] = e2
+            Zb[j, 0, i] = zb0
+            Zb[j, 1, i] = zb1
+            Zb[j, 2, i] = zb2
+            Z[j, 0, i] = z0
+            Z[j, 1, i] = z1
+            Z[j, 2, i] = z2
+            C[j, 0, i] = c0
+            C[j, 1, i] = c1
+            C[j, 2, i] = c2
+            A[j, 0, i] = c0 - z0 * ec
+            A[j, 1, i] = c1 - z1 * ec
+            A[j, 2, i] = c2 - z2 * ec
+            L[j, i] = mx + np.log(s0)
+            # x_bar_i += B_j^T zbar
+            g0 += B[j, 0, 0] * zb0 + B[j, 1, 0] * zb1 + B[j, 2, 0] * zb2
+            g1 += B[j, 0, 1] * zb0 + B[j, 1, 1] * zb1 + B[j, 2, 1] * zb2
+            g2 += B[j, 0, 2] * zb0 + B[j, 1, 2] * zb1 + B[j, 2, 2] * zb2
+        xbar[i, 0] = g0
+        xbar[i, 1] = g1
+        xbar[i, 2] = g2
+
+
+# ---------------------------------------------------------------- pass 2: sources
+
+
+@kernel(parallel=True)
+def _source_pass(ys, ws, Z, C, A, L, D, ybar):
+    """Pass 2, parallel over kept sources k: ybar (n, 3).
+
+    ybar_k = sum_{j,i} P_ijk (A_ij + Z_ij (y_k . C_ij)), P_ijk = exp(z_ij.y_k + log w_k - L_ij).
+    D = 3 sums every coordinate; D < 3 assumes Z and A vanish in the leading
+    3 - D coordinates (checked by the caller) and C is only dotted with y_k.
+    """
+    n = ws.shape[0]
+    M = Z.shape[0]
+    T = Z.shape[2]
+    for k in prange(n):
+        q0 = ys[0, k]
+        q1 = ys[1, k]
+        q2 = ys[2, k]
+        lw = np.log(ws[k])
+        b0 = 0.0
+        b1 = 0.0
+        b2 = 0.0
+        for j in range(M):
+            Z0 = Z[j, 0]
+            Z1 = Z[j, 1]
+            Z2 = Z[j, 2]
+            C0 = C[j, 0]
+            C1 = C[j, 1]
+            C2 = C[j, 2]
+            A0 = A[j, 0]
+            A1 = A[j, 1]
+            A2 = A[j, 2]
+            Lj = L[j]
+            if D == 3:
+                for i in range(T):
+                    p = fast_exp(Z0[i] * q0 + Z1[i] * q1 + Z2[i] * q2 + lw - Lj[i])
+                    dot = q0 * C0[i] + q1 * C1[i] + q2 * C2[i]
+                    b0 += p * (A0[i] + Z0[i] * dot)
+                    b1 += p * (A1[i] + Z1[i] * dot)
+                    b2 += p * (A2[i] + Z2[i] * dot)
+            elif D == 2:
+                for i in range(T):
+                    p = fast_exp(Z1[i] * q1 + Z2[i] * q2 + lw - Lj[i])
+                    dot = q1 * C1[i] + q2 * C2[i]
+                    b1 += p * (A1[i] + Z1[i] * dot)
+                    b2 += p * (A2[i] + Z2[i] * dot)
+            else:
+                for i in range(T):
+                    p = fast_exp(Z2[i] * q2 + lw - Lj[i])
+                    b2 += p * (A2[i] + Z2[i] * (q2 * C2[i]))
+        ybar[k, 0] = b0
+        ybar[k, 1] = b1
+        ybar[k, 2] = b2
+
+
+# ---------------------------------------------------------------- wrapper
+
+
+def _check(name, a, shape):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 numpy array")
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+
+
+def _validate(X, w, B, V, *rest):
+    if not isinstance(X, np.ndarray) or X.ndim != 2:
+        raise ValueError("X must be an (n, 3) array")
+    if not isinstance(B, np.ndarray) or B.ndim != 3:
+        raise ValueError("B must be an (M, 3, 3) array")
+    n, M = X.shape[0], B.shape[0]
+    _check("X", X, (n, 3))
+    _check("w", w, (n,))
+    _check("B", B, (M, 3, 3))
+    _check("V", V, (M, 3, 3))
+    for name, a, shape in rest:
+        _check(name, a, shape)
+    if M == 0:
+        raise ValueError("need at least one head")
+    if not np.all(w >= 0.0):  # also rejects NaN
+        raise ValueError("weights must be >= 0")
+
+
+def direct_velocity_vjp(X, w, B, V, ubar):
+    """Transpose of the linearised attention velocity at (X, B, V), X as sources and targets.
+
+    Args:
+        X: (n, 3) tokens x_i in the padded layout (targets and sources).
+        w: (n,) weights w_k >= 0 (fixed; no cotangent).
+        B: (M, 3, 3) score matrices B_j = K_j^T Q_j.
+        V: (M, 3, 3) value matrices V_j.
+        ubar: (n, 3) cotangent of out = (1/M) sum_j V_j m_j(X).
+
+    Returns:
+        (X_bar (n, 3), B_bar (M, 3, 3), V_bar (M, 3, 3)) with
+        <ubar, d out> = <X_bar, dX> + <B_bar, dB> + <V_bar, dV> for all
+        directions. Weights w_k = 0 sources do not act as sources. All
+        inputs float64; any layout (copied to C order).
+    """
+    _validate(X, w, B, V, ("ubar", ubar, X.shape))
+    X, w, B, V, ubar = (np.ascontiguousarray(a) for a in (X, w, B, V, ubar))
+    n, M = X.shape[0], B.shape[0]
+    keep = np.flatnonzero(w > 0.0)
+    if keep.size == 0:  # out = 0 whatever X, B, V
+        return np.zeros((n, 3)), np.zeros((M, 3, 3)), np.zeros((M, 3, 3))
+    ys = np.ascontiguousarray(X[keep].T)  # (3, n_kept)
+    ws = np.ascontiguousarray(w[keep])
+    zero_cols = np.all(ys == 0.0, axis=1)
+    c0 = int(np.argmin(zero_cols)) if not zero_cols.all() else 3
+    D = max(3 - c0, 1)  # all sources at the origin: D = 1 with y = 0 is exact
+    # which D the forward kernel uses does not matter: skipped terms are zeros
+    E = np.empty((M, 3, n))
+    Zb = np.empty((M, 3, n))
+    Z = np.empty((M, 3, n))
+    C = np.empty((M, 3, n))
+    A = np.empty((M, 3, n))
+    L = np.empty((M, n))
+    xbar = np.empty((n, 3))
+    _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar)
+    lead = 3 - D
+    D2 = D if not (np.any(Z[:, :lead]) or np.any(A[:, :lead])) else 3
+    ybar = np.empty((keep.size, 3))
+    _source_pass(ys, ws, Z, C, A, L, D2, ybar)
+    X_bar = xbar
+    X_bar[keep] += ybar
+    B_bar = np.einsum("jai,ib->jab", Zb, X)
+    V_bar = np.einsum("ia,jbi->jab", ubar, E) / M
+    return X_bar, B_bar, V_bar
+
+
+# ---------------------------------------------------------------- numpy twins (tests)
+
+
+def _softmax_parts(X, w, B):
+    """P (M, n, n) tilted weights over the kept sources, z (M, n, 3), E (M, n, 3)."""
+    z = np.einsum("jab,ib->jia", B, X)
+    s = np.einsum("jia,ka->jik", z, X)
+    s = np.where(w > 0.0, s, -np.inf)
+    P = np.exp(s - s.max(axis=2, keepdims=True)) * w
+    P /= P.sum(axis=2, keepdims=True)
+    E = P @ X
+    return P, z, E
+
+
+def direct_velocity_jvp_numpy(X, w, B, V, dX, dB, dV):
+    """d out for a direction (dX, dB, dV): plain numpy, forms (M, n, n) arrays.
+
+    d out_i = (1/M) sum_j [dV_j E_ij + V_j dE_ij],
+    dE_ij = Cov_ij (dB_j x_i + B_j dx_i) + sum_k P_ijk [dy_k + (y_k - E_ij) (z_ij . dy_k)].
+    """
+    M = B.shape[0]
+    if not np.any(w > 0.0):
+        return np.zeros_like(X)
+    P, z, E = _softmax_parts(X, w, B)
+    dz = np.einsum("jab,ib->jia", dB, X) + np.einsum("jab,ib->jia", B, dX)
+    U = X[None, None, :, :] - E[:, :, None, :]  # (M, n, n, 3): y_k - E_ij
+    cov_dz = np.einsum("jik,jika,jikb,jib->jia", P, U, U, dz)
+    zdy = np.einsum("jia,ka->jik", z, dX)
+    dE = cov_dz + P @ dX + np.einsum("jik,jika,jik->jia", P, U, zdy)
+    return (np.einsum("jab,jib->ia", dV, E) + np.einsum("jab,jib->ia", V, dE)) / M
+
+
+def direct_velocity_vjp_numpy(X, w, B, V, ubar):
+    """Plain-numpy twin of :func:`direct_velocity_vjp` (forms (M, n, n) arrays)."""
+    n, M = X.shape[0], B.shape[0]
+    if not np.any(w > 0.0):
+        return np.zeros((n, 3)), np.zeros((M, 3, 3)), np.zeros((M, 3, 3))
+    P, z, E = _softmax_parts(X, w, B)
+    c = np.einsum("jba,ib->jia", V, ubar) / M  # V_j^T ubar_i / M
+    U = X[None, None, :, :] - E[:, :, None, :]
+    zbar = np.einsum("jik,jika,jikb,jib->jia", P, U, U, c)
+    X_bar = np.einsum("jba,jib->ia", B, zbar)
+    X_bar += np.einsum("jik,jia->ka", P, c)
+    X_bar += np.einsum("jik,jia,jikb,jib->ka", P, z, U, c)
+    B_bar = np.einsum("jia,ib->jab", zbar, X)
+    V_bar = np.einsum("ia,jib->jab", ubar, E) / M
+    return X_bar, B_bar, V_bar

@@ -1,0 +1,80 @@
+"""Training records and checkpoints in the result file.
+
+Layout (dimension names for xarray; ``step`` rows are the state before each
+step, a ``checkpoint`` row the heads after that many steps):
+
+    /train/step, /train/risk, /train/grad_norm, /train/lr, /train/w_c,
+    /train/seconds                                  (step,)
+    /train/risk_prompt                              (step, prompt)
+    /train/checkpoint_step                          (checkpoint,)
+    /train/heads/Q, K (checkpoint, layer, head, head_dim, dim); V (..., dim, dim2)
+    /checkpoint/Q, K, V      the heads to resume from; attrs: step
+
+The file is rewritten atomically at every checkpoint (see
+:func:`gridpde.results.write_result`), so the last checkpoint always survives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gridpde.errors import CaseError
+from gridpde.train import BLOCKS, TrainRecord, TrainState
+
+HEAD_DIMS = {
+    "Q": ("layer", "head", "head_dim", "dim"),
+    "K": ("layer", "head", "head_dim", "dim"),
+    "V": ("layer", "head", "dim", "dim2"),
+    "B": ("layer", "head", "dim", "dim2"),
+}
+_SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds")
+
+
+def train_datasets(state: TrainState, record: TrainRecord, prompts: int) -> dict:
+    """The datasets of a training run, for ``write_result(extra=...)``."""
+    out = {f"train/{name}": (np.asarray(getattr(record, name), float), ("step",)) for name in _SERIES}
+    out["train/step"] = (np.asarray(record.step, np.int64), ("step",))
+    rp = np.asarray(record.risk_prompt, float).reshape(len(record.step), prompts)
+    out["train/risk_prompt"] = (rp, ("step", "prompt"))
+    out["train/checkpoint_step"] = (np.asarray(record.checkpoint_step, np.int64), ("checkpoint",))
+    for k in BLOCKS:
+        stack = np.asarray([h[k] for h in record.checkpoint_heads], float)
+        stack = stack.reshape(len(record.checkpoint_heads), *state.heads[k].shape)
+        out[f"train/heads/{k}"] = (stack, ("checkpoint", *HEAD_DIMS[k]))
+        out[f"checkpoint/{k}"] = (state.heads[k], HEAD_DIMS[k])
+    out["checkpoint/step"] = (np.int64(state.step), ())
+    return out
+
+
+def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, TrainRecord]:
+    """The state and records saved in ``path`` by an earlier run of the same case."""
+    path = Path(path)
+    if not path.exists():
+        raise CaseError(f"--resume: {path} does not exist (nothing to resume)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CaseError(f"--resume: {path} is not a readable HDF5 file ({exc})") from None
+    with f:
+        if "checkpoint" not in f:
+            raise CaseError(f"--resume: {path} holds no training checkpoint")
+        if str(f.attrs.get("case", "")) != case_text:
+            raise CaseError(f"--resume: the case file changed since {path} was written; "
+                            "resume needs the same case")
+        heads = {k: f["checkpoint"][k][()] for k in BLOCKS}
+        state = TrainState(int(f["checkpoint"]["step"][()]), heads)
+        t = f["train"]
+        rec = TrainRecord()
+        for name in _SERIES:
+            setattr(rec, name, list(t[name][()]))
+        rec.step = [int(s) for s in rec.step]
+        rec.risk_prompt = list(t["risk_prompt"][()])
+        rec.checkpoint_step = [int(s) for s in t["checkpoint_step"][()]]
+        rec.checkpoint_heads = [
+            {k: t["heads"][k][i] for k in BLOCKS} for i in range(len(rec.checkpoint_step))
+        ]
+    rec.truncate(state.step)
+    return state, rec

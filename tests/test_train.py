@@ -1,0 +1,120 @@
+"""Training: the flow, its records, checkpoints and bit-for-bit resume."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import gridpde.train as train_module
+from gridpde.case import parse_case
+from gridpde.cli import main
+from gridpde.heads import conditional_wasserstein, random_heads
+from gridpde.risk import Problem
+from gridpde.train import TrainRecord, TrainState, train
+
+CASES = Path(__file__).resolve().parent.parent / "cases"
+
+CASE = """
+dim = 1
+[model]
+layers = 2
+heads = 2
+head_dim = 1
+init = {{ scale = 0.7, seed = 5 }}
+[[prompts]]
+kind = "mixture"
+weights = [0.5, 0.5]
+means = [[-1.0], [1.0]]
+covs = [[[0.2]], [[0.3]]]
+[loss]
+kind = "mmd"
+sigma = 1.0
+[loss.teacher]
+init = {{ scale = 0.7, seed = 6 }}
+[solver]
+method = "particles"
+tokens = 40
+[train]
+steps = {steps}
+lr = 0.5
+checkpoint_every = 2
+[output]
+path = "{path}"
+snapshots = 2
+"""
+
+
+def test_conditional_wasserstein_is_an_assignment_per_layer(rng):
+    a = dict(zip("QKV", random_heads(3, 4, 2, 2, 1.0, 1)))
+    perm = {k: v[:, [2, 0, 3, 1]] for k, v in a.items()}  # heads reordered inside layers
+    assert conditional_wasserstein(a, perm) == 0.0
+    shifted = {k: v + 0.1 for k, v in a.items()}
+    n = sum(v[0, 0].size for v in a.values())  # entries per head
+    assert conditional_wasserstein(a, shifted) == pytest.approx(0.1 * np.sqrt(n), rel=1e-12)
+
+
+def test_risk_decreases_monotonically_with_backtracking(tmp_path):
+    case = parse_case(CASE.format(steps=8, path=tmp_path / "x.h5"))
+    problem = Problem(case)
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    rec = TrainRecord()
+    state = train(problem, case.train, TrainState(0, dict(heads)), heads, rec)
+    assert state.step == 8 and state.status == "finished"
+    assert np.all(np.diff(rec.risk) <= 0) and rec.risk[-1] < rec.risk[0]
+    assert rec.w_c[0] == 0.0 and rec.w_c[-1] > 0.0
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+    full = tmp_path / "full.h5"
+    text = CASE.format(steps=7, path=full.as_posix())
+    case_file = tmp_path / "case.toml"
+    case_file.write_text(text)
+    assert main(["run", str(case_file), "--no-plot"]) == 0
+
+    cut = tmp_path / "cut.h5"
+    calls = {"n": 0}
+    real = train_module.conditional_wasserstein
+
+    def interrupt_at_step_5(a, b):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(train_module, "conditional_wasserstein", interrupt_at_step_5)
+    assert main(["run", str(case_file), "-o", str(cut), "--no-plot"]) == 130
+    monkeypatch.setattr(train_module, "conditional_wasserstein", real)
+    with h5py.File(cut) as f:
+        assert f.attrs["status"] == "interrupted" and f["checkpoint/step"][()] == 5
+    assert main(["run", str(case_file), "-o", str(cut), "--resume", "--no-plot"]) == 0
+    with h5py.File(full) as a, h5py.File(cut) as b:
+        for name in ("risk", "grad_norm", "lr", "w_c", "risk_prompt", "checkpoint_step"):
+            assert np.array_equal(a["train"][name][()], b["train"][name][()]), name
+        for k in "QKV":
+            assert np.array_equal(a["heads"][k][()], b["heads"][k][()])
+            assert np.array_equal(a["train/heads"][k][()], b["train/heads"][k][()])
+        assert np.array_equal(a["positions"][()], b["positions"][()])
+
+
+def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "nan.h5"
+    case_file = tmp_path / "case.toml"
+    case_file.write_text(CASE.format(steps=6, path=out.as_posix()))
+    real = Problem.risk_and_grad
+    calls = {"n": 0}
+
+    def poisoned(self, Q, K, V):
+        calls["n"] += 1
+        res = real(self, Q, K, V)
+        if calls["n"] >= 4:  # from the trial of step 3 on: backtracking cannot escape
+            res.risk = float("nan")
+        return res
+
+    monkeypatch.setattr(Problem, "risk_and_grad", poisoned)
+    assert main(["run", str(case_file), "--no-plot"]) == 1
+    assert "training step 3" in capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "nan"
+        assert f["checkpoint/step"][()] == 2
+        assert np.all(np.isfinite(f["checkpoint/Q"][()]))
