@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -39,6 +40,12 @@ def plot_result(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
         else:
             figures[f"tokens_p{p}"] = _tokens(snaps.positions[p, :done], snaps.weights[p], depth)
     figures["moments"] = _moments(snaps.mean[:, :done], snaps.cov[:, :done], depth)
+    with h5py.File(path, "r") as f:
+        if "train" in f and len(f["train/step"]) > 0:
+            figures["training"] = _training(f["train"])
+            figures["heads"] = _head_paths(f["train"], f["heads"]["B"].shape[-1])
+        if "targets" in f:
+            figures |= _versus_targets(f["targets"], snaps, done)
     written = []
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.png", dpi=100)
@@ -141,3 +148,73 @@ def _moments(mean: np.ndarray, cov: np.ndarray, depth: np.ndarray) -> Figure:
         ax.set(title=title, xlabel="depth s")
     axes[0].legend(fontsize="small")
     return fig
+
+
+def _training(t: h5py.Group) -> Figure:
+    """Risk (log), gradient norm (log) and W_c against the training step."""
+    fig, axes = _panels(3, size=3.5, cols=3)
+    step = t["step"][()]
+    for ax, name, label, log in zip(
+        axes,
+        ("risk", "grad_norm", "w_c"),
+        ("risk (mean over prompts)", "gradient norm", "W_c from the initial heads"),
+        (True, True, False),
+    ):
+        ax.plot(step, t[name][()], "-")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(label)
+    fig.tight_layout()
+    return fig
+
+
+def _head_paths(t: h5py.Group, d: int) -> Figure:
+    """Entries of B = K^T Q and V of every head against the checkpoint step, one row per layer."""
+    steps = t["checkpoint_step"][()]
+    Q, K, V = (t["heads"][k][()] for k in "QKV")
+    B = np.swapaxes(K, -1, -2) @ Q
+    L, M = V.shape[1:3]
+    fig, axes = _panels(2 * L, size=3.5, cols=2)
+    for layer in range(L):
+        for col, (name, arr) in enumerate((("B", B), ("V", V))):
+            ax = axes[2 * layer + col]
+            for j in range(M):
+                for a in range(d):
+                    for b in range(d):
+                        ax.plot(steps, arr[:, layer, j, a, b], f"C{j}-", lw=1)
+            ax.set_title(f"layer {layer}: entries of {name} (colour = head)")
+            ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def _versus_targets(g: h5py.Group, snaps, done: int) -> dict[str, Figure]:
+    """The outputs at the last filled depth next to their targets."""
+    figs = {}
+    for p in range(snaps.mass.shape[0]):
+        if "density" in g and snaps.density is not None:
+            out, tgt = snaps.density[p, done - 1], g["density"][p]
+            if out.ndim == 1:
+                fig, (ax,) = _panels(1, size=4.0, cols=1)
+                ax.plot(snaps.centres[0], out, label=f"output, s={snaps.depth[done - 1]:g}")
+                ax.plot(snaps.centres[0], tgt, "--", label="target")
+                ax.legend()
+            else:
+                img = [out, tgt] if out.ndim == 2 else [out.sum(axis=2), tgt.sum(axis=2)]
+                fig, axes = _panels(2, cols=2)
+                _images(fig, axes, img, list(snaps.centres[:2]), ["output", "target"])
+        elif "positions" in g and snaps.positions is not None:
+            fig, (ax,) = _panels(1, size=4.0, cols=1)
+            X, w = snaps.positions[p, done - 1], snaps.weights[p]
+            T, wt = g["positions"][p], g["weights"][p]
+            if X.shape[1] == 1:
+                ax.hist([X[:, 0], T[:, 0]], weights=[w, wt], bins=40, label=["output", "target"])
+            else:
+                ax.scatter(X[:, 0], X[:, 1], s=3, label="output")
+                ax.scatter(T[:, 0], T[:, 1], s=3, marker="x", label="target")
+            ax.legend()
+        else:
+            continue
+        figs[f"target_p{p}"] = fig
+    return figs

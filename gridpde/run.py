@@ -229,6 +229,7 @@ def run_case(
             res = problem.risk_and_grad(heads["Q"], heads["K"], heads["V"])
             snaps.timings["gradient"] = time.perf_counter() - t
             extra.update(risk_datasets(res))
+            extra.update(target_datasets(problem))
             report(f"risk {res.risk:.6g} (per prompt {np.array2string(res.per_prompt, precision=4)}), "
                    f"|grad| {grad_norm(res.grad):.3g}")
     except (_MassLost, RunError) as exc:
@@ -291,6 +292,23 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
     attrs["train_stop"] = state.message
     report(f"training stopped: {state.message}")
     return dict(state.heads)
+
+
+def target_datasets(problem: Problem) -> dict:
+    """The targets tau^p: /targets/density (grid) or /targets/positions and weights."""
+    if problem.targets[0] is None:
+        return {}
+    if problem.method == "grid":
+        rho = np.stack([t.rho for t in problem.targets])
+        axes = ("x", "y", "z")[: rho.ndim - 1]
+        return {"targets/density": (rho, ("prompt", *axes))}
+    n = max(len(t.weights) for t in problem.targets)
+    pos = np.full((len(problem.targets), n, problem.dim), np.nan)
+    wts = np.zeros((len(problem.targets), n))
+    for p, t in enumerate(problem.targets):
+        pos[p, : len(t.weights)] = t.points
+        wts[p, : len(t.weights)] = t.weights
+    return {"targets/positions": (pos, ("prompt", "token", "dim")), "targets/weights": (wts, ("prompt", "token"))}
 
 
 def risk_datasets(res) -> dict:

@@ -183,35 +183,29 @@ def _vjp_lines(rho, u, lam, code, inv_dx, add, rho_bar, u_bar, tm, tp, sg):
 
 
 @inline
-def _at(x, a, k, m):
-    """x[a, k], or 0 outside 0 <= k < m."""
-    return x[a, k] if 0 <= k < m else 0.0
+def _own_cell(rm, rp, lm, lp, rho, u, lam, a, i, inv_dx, code, add, rho_bar, tm, tp, sg):
+    """Pass 1 at cell i of line a of (A, n) lines, given its neighbours' rho and lam."""
+    rb, t_m, t_p, sigma = _own(rm, rho[a, i], rp, u[a, i], u[a, i + 1], lm, lam[a, i], lp, inv_dx, code)
+    rho_bar[a, i] = rho_bar[a, i] + rb if add else rb
+    tm[a, i + 1] = t_m
+    tp[a, i + 1] = t_p
+    sg[a, i + 1] = sigma
 
 
 @inline
 def _own_line(rho, u, lam, a, inv_dx, code, add, rho_bar, tm, tp, sg):
-    """Pass 1 along line a of (A, n) lines: the ends with bounds checks, the rest without."""
+    """Pass 1 along line a of (A, n) lines: the end cells see zeros outside the box."""
     n = rho.shape[1]
-    for i in range(n):
-        if i == 1 and n > 2:
-            for k in range(1, n - 1):  # interior: vectorises
-                rb, t_m, t_p, sigma = _own(
-                    rho[a, k - 1], rho[a, k], rho[a, k + 1], u[a, k], u[a, k + 1],
-                    lam[a, k - 1], lam[a, k], lam[a, k + 1], inv_dx, code,
-                )  # fmt: skip
-                rho_bar[a, k] = rho_bar[a, k] + rb if add else rb
-                tm[a, k + 1] = t_m
-                tp[a, k + 1] = t_p
-                sg[a, k + 1] = sigma
-        elif i == 0 or i == n - 1:
-            rb, t_m, t_p, sigma = _own(
-                _at(rho, a, i - 1, n), rho[a, i], _at(rho, a, i + 1, n), u[a, i], u[a, i + 1],
-                _at(lam, a, i - 1, n), lam[a, i], _at(lam, a, i + 1, n), inv_dx, code,
-            )  # fmt: skip
-            rho_bar[a, i] = rho_bar[a, i] + rb if add else rb
-            tm[a, i + 1] = t_m
-            tp[a, i + 1] = t_p
-            sg[a, i + 1] = sigma
+    rp = rho[a, 1] if n > 1 else 0.0
+    lp = lam[a, 1] if n > 1 else 0.0
+    _own_cell(0.0, rp, 0.0, lp, rho, u, lam, a, 0, inv_dx, code, add, rho_bar, tm, tp, sg)
+    for i in range(1, n - 1):
+        _own_cell(
+            rho[a, i - 1], rho[a, i + 1], lam[a, i - 1], lam[a, i + 1],
+            rho, u, lam, a, i, inv_dx, code, add, rho_bar, tm, tp, sg,
+        )  # fmt: skip
+    if n > 1:
+        _own_cell(rho[a, n - 2], 0.0, lam[a, n - 2], 0.0, rho, u, lam, a, n - 1, inv_dx, code, add, rho_bar, tm, tp, sg)
 
 
 @kernel(parallel=True)
