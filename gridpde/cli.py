@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, default=1e-5, help="central-difference step")
     g.add_argument("--seed", type=int, default=0, help="seed of the random directions")
 
+    n = sub.add_parser("ntk", help="NTK injectivity diagnostics on a case (and along training)")
+    n.add_argument("case", type=Path)
+    n.add_argument("--method", choices=["grid", "particles"], help="override [solver] method")
+    n.add_argument("--result", type=Path, help="a training result file: diagnose its checkpoints")
+    n.add_argument("-o", "--output", type=Path, help="folder for the figures")
+
     pl = sub.add_parser("plot", help="PNG figures of a result file")
     pl.add_argument("result", type=Path)
     pl.add_argument("-o", "--output", type=Path, help="folder for the figures")
@@ -99,6 +105,28 @@ def _gradcheck(args) -> int:
     return 0
 
 
+def _ntk(args) -> int:
+    from gridpde import diagnose
+    from gridpde.case import load_case
+    from gridpde.results import add_datasets
+
+    case = load_case(args.case)
+    method = args.method or case.solver.method
+    out_dir = args.output or Path(case.output.path).with_name(Path(case.output.path).stem + "_figures")
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    diag = diagnose.ntk_diagnostics(diagnose.layer_measures(case, method, heads)[0])
+    print(f"NTK injectivity on the {len(case.prompts)} prompt(s) of {args.case} ({method} measures)")
+    print(diagnose.table(diag))
+    print(f"wrote {diagnose.plot_spectra(diag, out_dir / 'ntk_spectra.png')}")
+    if args.result is not None:
+        print(f"along the training in {args.result} (depth l/L entering each layer):", file=sys.stderr)
+        data = diagnose.trajectory(case, method, args.result, report=lambda m: print(m, file=sys.stderr))
+        add_datasets(args.result, data)
+        print(f"stored /ntk/trajectory in {args.result}")
+        print(f"wrote {diagnose.plot_trajectory(data, out_dir / 'ntk_trajectory.png')}")
+    return 0
+
+
 def _plot(args) -> int:
     from gridpde.plot import plot_result
 
@@ -114,4 +142,11 @@ def _info(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "gradcheck": _gradcheck, "plot": _plot, "info": _info}
+_COMMANDS = {
+    "run": _run,
+    "validate": _validate,
+    "gradcheck": _gradcheck,
+    "ntk": _ntk,
+    "plot": _plot,
+    "info": _info,
+}

@@ -16,6 +16,7 @@ previous file intact.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,28 @@ def _write(
             msg = f"heads: unknown array {name!r}, expected one of {sorted(HEAD_DIMS)}"
             raise ValueError(msg)
         write_array(g, name, value, HEAD_DIMS[name])
+
+
+def add_datasets(path: str | Path, extra: dict[str, tuple[Any, tuple[str, ...]]]) -> None:
+    """Add (or replace) datasets in an existing result file, atomically.
+
+    The file is copied to a temporary name, changed there and renamed back,
+    so a crash leaves either the old file or the new one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            for name, (data, dims) in extra.items():
+                if name in f:
+                    del f[name]
+                group, _, leaf = name.rpartition("/")
+                write_array(f.require_group(group) if group else f, leaf, data, dims)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------- reading

@@ -68,7 +68,7 @@ def warm_up(report: Report) -> None:
     report(f"kernels ready ({time.perf_counter() - t:.1f} s)")
 
 
-class _GridMethod:
+class GridMethod:
     """Densities on the case's grid; state = [rho, mass that left, steps]."""
 
     name = "grid"
@@ -109,7 +109,7 @@ class _GridMethod:
         snaps.steps[p, k] = steps
 
 
-class _ParticleMethod:
+class ParticleMethod:
     """Weighted tokens; state = [X, w, step index]. Nothing leaves: mass_out = 0."""
 
     name = "particles"
@@ -155,6 +155,11 @@ class _ParticleMethod:
         snaps.steps[p, k] = steps
 
 
+def method_runner(case: Case, method: str) -> GridMethod | ParticleMethod:
+    """The grid or particle adapter of ``case`` (call ``use_heads`` before advancing)."""
+    return GridMethod(case) if method == "grid" else ParticleMethod(case)
+
+
 def run_case(
     case: Case,
     out: str | Path,
@@ -177,7 +182,7 @@ def run_case(
     """
     m, sv = case.model, case.solver
     name = method or sv.method
-    runner = _GridMethod(case) if name == "grid" else _ParticleMethod(case)
+    runner = method_runner(case, name)
     training = case.train is not None and case.train.steps > 0
     if resume and not training:
         raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")

@@ -3,10 +3,8 @@ import pytest
 from gridpde.case import GaussianPrompt, MixturePrompt
 from gridpde.grid import Grid
 from gridpde.ntk import (
-    FAMILIES,
     as_measure,
     basis_matrix,
-    family,
     lse_across_prompts,
     lse_per_prompt,
     measure_from_grid,
@@ -18,9 +16,8 @@ from gridpde.ntk import (
     tangent_map,
     tangent_map_sweep,
     tangent_matrix,
-    validation_rows,
-    verdicts,
 )
+from gridpde.validation.ntk_families import FAMILIES, family, validation_rows, verdicts
 
 
 def gaussian(d, mean=0.5):
