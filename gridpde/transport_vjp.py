@@ -156,15 +156,7 @@ def _vjp_lines(rho, u, lam, code, inv_dx, add, rho_bar, u_bar, tm, tp, sg):
     for ai in prange(A * n):
         a = ai // n
         i = ai - a * n
-        # one specialised loop per limiter (the code is then a constant)
-        if code == 0:
-            _own_row(rho, u, lam, a, i, inv_dx, 0, add, rho_bar, tm, tp, sg)
-        elif code == 1:
-            _own_row(rho, u, lam, a, i, inv_dx, 1, add, rho_bar, tm, tp, sg)
-        elif code == 2:
-            _own_row(rho, u, lam, a, i, inv_dx, 2, add, rho_bar, tm, tp, sg)
-        else:
-            _own_row(rho, u, lam, a, i, inv_dx, 3, add, rho_bar, tm, tp, sg)
+        _own_row(rho, u, lam, a, i, inv_dx, code, add, rho_bar, tm, tp, sg)
     for ai in prange(A * (n + 1)):
         a = ai // (n + 1)
         i = ai - a * (n + 1)
@@ -213,14 +205,7 @@ def _vjp_contiguous(rho, u, lam, code, inv_dx, add, rho_bar, u_bar, tm, tp, sg):
     """:func:`_vjp_lines` for the last axis (C = 1): rho, lam (A, n), u (A, n + 1), work (A, n + 2)."""
     A, n = rho.shape
     for a in prange(A):
-        if code == 0:
-            _own_line(rho, u, lam, a, inv_dx, 0, add, rho_bar, tm, tp, sg)
-        elif code == 1:
-            _own_line(rho, u, lam, a, inv_dx, 1, add, rho_bar, tm, tp, sg)
-        elif code == 2:
-            _own_line(rho, u, lam, a, inv_dx, 2, add, rho_bar, tm, tp, sg)
-        else:
-            _own_line(rho, u, lam, a, inv_dx, 3, add, rho_bar, tm, tp, sg)
+        _own_line(rho, u, lam, a, inv_dx, code, add, rho_bar, tm, tp, sg)
         u_bar[a, 0] = _face(0.0, rho[a, 0], 0.0, sg[a, 1], u[a, 0], 0.0, lam[a, 0], inv_dx)
         for i in range(1, n):
             u_bar[a, i] = _face(rho[a, i - 1], rho[a, i], sg[a, i], sg[a, i + 1], u[a, i], lam[a, i - 1], lam[a, i], inv_dx)
