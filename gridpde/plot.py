@@ -165,7 +165,6 @@ def _training(t: h5py.Group) -> Figure:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(label)
-    fig.tight_layout()
     return fig
 
 
@@ -185,7 +184,6 @@ def _head_paths(t: h5py.Group, d: int) -> Figure:
                         ax.plot(steps, arr[:, layer, j, a, b], f"C{j}-", lw=1)
             ax.set_title(f"layer {layer}: entries of {name} (colour = head)")
             ax.set_xlabel("step")
-    fig.tight_layout()
     return fig
 
 
@@ -203,7 +201,8 @@ def _versus_targets(g: h5py.Group, snaps, done: int) -> dict[str, Figure]:
             else:
                 img = [out, tgt] if out.ndim == 2 else [out.sum(axis=2), tgt.sum(axis=2)]
                 fig, axes = _panels(2, cols=2)
-                _images(fig, axes, img, list(snaps.centres[:2]), ["output", "target"])
+                coords = (snaps.centres[0], snaps.centres[1], "x", "y")
+                _images(fig, axes, img, [coords, coords], ["output", "target"])
         elif "positions" in g and snaps.positions is not None:
             fig, (ax,) = _panels(1, size=4.0, cols=1)
             X, w = snaps.positions[p, done - 1], snaps.weights[p]

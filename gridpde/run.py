@@ -210,10 +210,12 @@ def run_case(
     for p, st in enumerate(states):
         runner.record(snaps, 0, p, st)
     snaps.done = 1
-    problem = Problem(case, runner.name) if case.loss is not None else None
+    problem = None
     try:
         for p in range(P):
             _check_mass(snaps.mass_out[p, 0], sv.mass_tol, p, 0.0)
+        if case.loss is not None:
+            problem = Problem(case, runner.name)  # runs the teacher, if any
         if training:
             heads = _train(case, problem, heads, out, resume, extra, save, report, attrs)
         runner.use_heads(score_matrices(heads["Q"], heads["K"], m.scale_scores), heads["V"])

@@ -7,8 +7,8 @@ the gradient of the first variation of the risk (MODEL.md section 5):
 
 discretised by explicit Euler steps of size ``lr`` (the same step means the
 same thing for every L and M). With ``backtrack`` a step whose risk would
-rise is halved, up to ``MAX_HALVINGS`` times; every step starts again from
-``lr``. The trial point's gradient is computed with its risk, so an
+rise, or whose evaluation fails (mass leaving the box), is halved, up to
+``MAX_HALVINGS`` times; every step starts again from ``lr``. The trial point's gradient is computed with its risk, so an
 accepted step costs one forward and one adjoint pass.
 
 The loop is a pure function of its state (heads and step number), so a run
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gridpde.case import TrainSpec
-from gridpde.errors import NumericalError
+from gridpde.errors import NumericalError, RunError
 from gridpde.heads import conditional_wasserstein
 from gridpde.risk import Problem, RiskResult
 
@@ -119,10 +119,17 @@ def train(
         lr = spec.lr
         for _ in range(MAX_HALVINGS + 1):
             trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
-            new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
-            if not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk):
+            try:
+                new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
+            except RunError as exc:  # e.g. the trial heads push mass out of the box
+                if not spec.backtrack:
+                    raise RunError(f"training step {state.step + 1}: {exc}") from None
+                new, failure = None, str(exc)
+            if new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk)):
                 break
             lr *= 0.5
+        if new is None:
+            raise RunError(f"training step {state.step + 1}: every halved step failed: {failure}")
         _check_finite(new, state.step + 1)
         w_c = conditional_wasserstein(state.heads, initial)
         # the row is appended whole, so an interrupt never leaves ragged series

@@ -27,8 +27,11 @@ Cell i gathers from the faces i-1 .. i+2 and the slopes of cells i-1 .. i+1.
 The kernels make two passes, each writing only its own elements (no
 races): per cell, its own terms and tm_i = a_i sbar_i, tp_i = b_i sbar_i
 (one limiter evaluation per cell; the forward pass makes one per face);
-then per face, u_bar and the neighbours' slope terms tp_{i-1} - tm_{i+1}. The wall outflow returned by the forward
-pass is not differentiated (the risk does not depend on it).
+then per face, u_bar and the neighbours' slope terms tp_{i-1} - tm_{i+1}.
+The limiter is written with selects rather than branches, so the loops
+vectorise and do not depend on branch prediction (rough data costs the
+same as smooth data). The wall outflow returned by the forward pass is not
+differentiated (the risk does not depend on it).
 
 Layout: as in :mod:`gridpde.transport`, the arrays of each axis are seen as
 (A, n, C) lines with the transported axis in the middle. Outside the box

@@ -1,20 +1,45 @@
-"""Vector-Jacobian product of the tensor-grid attention velocity.
+"""Reverse mode of the tensor-grid attention sum :func:`~gridpde.attention.tensor.tensor_velocity`.
 
-For :func:`gridpde.attention.tensor.tensor_velocity`, out_f = (1/M) sum_j
-V_j (E_jf - g(z_jf)), z = B_j x_f, E the tilted mean, g the deconvolution
-correction, and a cotangent ubar_f, with c = V_j^T ubar_f / M:
+For fixed targets x_f (the face centres) the forward pass maps the source
+masses w, the score matrices B and the value matrices V to
 
-    V_bar_j += ubar_f (E - g)^T / M
-    B_bar_j += (Cov c - g'(z) * c) x_f^T          Cov the tilted covariance
-    w_bar_k += exp(z·y_k - lse_f) (y_k - E)·c     (every cell, massless or not)
+    out_f = (1/M) sum_j V_j (E_jf - g(z_jf)),   z_jf = B_j x_f,
+    E_jf = sum_k P_fk y_k,   P_fk = w_k q_fk,   q_fk = exp(z_jf·y_k - lse_jf),
 
-(NUMERICS.md, "Reverse mode through one softmax head"). Both sums use the
-forward kernel's factorisation: per target and head one sweep for the first
-and second moments (three multiply-adds per cell) and one for w_bar (two),
-each exp(z·y) a product of per-axis factors stabilised by their maxima; the
-underflow fallback of the forward kernel applies here too. w_bar is
-accumulated in ``CHUNKS`` private arrays (a fixed split of the targets, so
-the result does not depend on the thread count) summed in order at the end.
+with g the per-axis quadrature correction g_a = (h_a/2) L(h_a z_a / 2)
+(L the Langevin function; g = 0 where h_a = 0). With c_jf = V_j^T ubar_f / M
+the cotangents of (w, B, V) for a cotangent ubar of out are
+
+    V_bar_j = (1/M) sum_f ubar_f (E_jf - g(z_jf))^T
+    w_bar_k = sum_{j,f} q_fk (y_k - E_jf)·c_jf                 (dE / dw_k)
+    B_bar_j = sum_f (Cov_jf c_jf - g'(z_jf) ⊙ c_jf) x_f^T       (dE / dz = Cov)
+
+where Cov_jf = sum_k P_fk (y_k - E)(y_k - E)^T is the tilted covariance and
+g'_a = (h_a^2/4) L'(h_a z_a / 2). Every sum over the sources uses the
+forward kernel's factorisation exp(z·y) = e0_p e1_q e2_r, each factor
+stabilised by its own maximum: the moments (mass, first and second) are
+nested contractions, and the w_bar contribution of one (target, head) is
+the sum of separable terms
+
+    q_fk ((y_k - E)·c) = e0_p e1_q [e2_r (c0 y0_p + c1 y1_q - E·c) + c2 y2_r e2_r] / S0,
+
+added with two multiply-adds per source. Second moments are taken about
+the box centre (fewer cancellations in Cov = S2/S0 - E E^T).
+
+Branches are frozen as the forward pass took them: a target whose
+factorised S0 is not in (1e-200, inf) takes the direct two-pass sum over
+the sources with w > 0 only, as the forward kernel does; for those targets
+the sources with w <= 0 are not live and get no w_bar from them (at w_k = 0
+the forward map has only a one-sided derivative there; in the factorised
+branch every source is live, whatever its sign). The branch test is
+recomputed here with the same arithmetic, so it can disagree with the
+forward pass only for S0 within round-off of the threshold.
+
+Work: about 2.5 times the forward kernel's multiply-adds per source and
+(target, head) pair (three for the moments, two for w_bar, against two),
+the same exponentials. Races on w_bar are avoided with one private copy per
+thread-sized part, summed at the end; targets are dealt to parts in chunks,
+round robin.
 """
 
 from __future__ import annotations
@@ -23,20 +48,26 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.attention.tensor import UNDERFLOW, _factor, langevin
-
-CHUNKS = 8
+from gridpde.attention.tensor import CHUNK, UNDERFLOW, langevin
 
 
 @inline
 def langevin_prime(u):
-    """L'(u) = 1/u^2 - 1/sinh(u)^2."""
+    """L'(u) = 1/u^2 - 1/sinh(u)^2, accurate to round-off for all u (L'(0) = 1/3)."""
     au = abs(u)
     if au < 0.25:
         u2 = u * u
         return 1.0 / 3.0 + u2 * (
             -3.0 / 45.0
-            + u2 * (10.0 / 945.0 + u2 * (-7.0 / 4725.0 + u2 * (18.0 / 93555.0 + u2 * (-15202.0 / 638512875.0))))
+            + u2
+            * (
+                10.0 / 945.0
+                + u2
+                * (
+                    -7.0 / 4725.0
+                    + u2 * (18.0 / 93555.0 + u2 * (-15202.0 / 638512875.0 + u2 * 52.0 / 18243225.0))
+                )
+            )
         )
     if au > 20.0:
         return 1.0 / (u * u)
@@ -44,212 +75,469 @@ def langevin_prime(u):
     return 1.0 / (u * u) - 1.0 / (s * s)
 
 
-@kernel(parallel=True)
-def _vjp_kernel(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
-    T = targets.shape[0]
-    M = B.shape[0]
-    n0, n1, n2 = w.shape
-    nch = wbar.shape[0]
-    per = (T + nch - 1) // nch
-    for ch in prange(nch):
-        e0 = np.empty(n0)
-        e0y = np.empty(n0)
-        e1 = np.empty(n1)
-        e1y = np.empty(n1)
-        e2 = np.empty(n2)
-        e2y = np.empty(n2)
-        x = np.empty(3)
-        z = np.empty(3)
-        c = np.empty(3)
-        E = np.empty(3)
-        C = np.empty((3, 3))
-        wb = wbar[ch]
-        for t in range(ch * per, min(T, (ch + 1) * per)):
-            for a in range(3):
-                x[a] = targets[t, a]
-            for j in range(M):
-                for a in range(3):
-                    z[a] = B[j, a, 0] * x[0] + B[j, a, 1] * x[1] + B[j, a, 2] * x[2]
-                    c[a] = (V[j, 0, a] * ubar[t, 0] + V[j, 1, a] * ubar[t, 1] + V[j, 2, a] * ubar[t, 2]) / M
-                if c[0] == 0.0 and c[1] == 0.0 and c[2] == 0.0:
-                    continue
-                shift = _factor(z[0], y0, e0, e0y) + _factor(z[1], y1, e1, e1y) + _factor(z[2], y2, e2, e2y)
-                s0 = 0.0
-                s_0 = 0.0
-                s_1 = 0.0
-                s_2 = 0.0
-                s00 = 0.0
-                s01 = 0.0
-                s02 = 0.0
-                s11 = 0.0
-                s12 = 0.0
-                s22 = 0.0
-                for p in range(n0):
-                    a0 = 0.0
-                    a1 = 0.0
-                    a11 = 0.0
-                    a2 = 0.0
-                    a12 = 0.0
-                    a22 = 0.0
-                    for q in range(n1):
-                        t0 = 0.0
-                        t2 = 0.0
-                        t22 = 0.0
-                        for r in range(n2):
-                            wv = w[p, q, r]
-                            t0 += wv * e2[r]
-                            t2 += wv * e2y[r]
-                            t22 += wv * e2y[r] * y2[r]
-                        a0 += e1[q] * t0
-                        a1 += e1y[q] * t0
-                        a11 += e1y[q] * y1[q] * t0
-                        a2 += e1[q] * t2
-                        a12 += e1y[q] * t2
-                        a22 += e1[q] * t22
-                    s0 += e0[p] * a0
-                    s_0 += e0y[p] * a0
-                    s00 += e0y[p] * y0[p] * a0
-                    s_1 += e0[p] * a1
-                    s01 += e0y[p] * a1
-                    s11 += e0[p] * a11
-                    s_2 += e0[p] * a2
-                    s02 += e0y[p] * a2
-                    s12 += e0[p] * a12
-                    s22 += e0[p] * a22
-                direct = not (s0 > UNDERFLOW and s0 < np.inf)
-                if direct:
-                    lse = _direct_moments(z, w, y0, y1, y2, E, C)
-                    if lse == -np.inf:
-                        continue
-                else:
-                    lse = shift + np.log(s0)
-                    E[0] = s_0 / s0
-                    E[1] = s_1 / s0
-                    E[2] = s_2 / s0
-                    C[0, 0] = s00 / s0 - E[0] * E[0]
-                    C[0, 1] = s01 / s0 - E[0] * E[1]
-                    C[0, 2] = s02 / s0 - E[0] * E[2]
-                    C[1, 1] = s11 / s0 - E[1] * E[1]
-                    C[1, 2] = s12 / s0 - E[1] * E[2]
-                    C[2, 2] = s22 / s0 - E[2] * E[2]
-                    C[1, 0] = C[0, 1]
-                    C[2, 0] = C[0, 2]
-                    C[2, 1] = C[1, 2]
-                for a in range(3):
-                    ga = 0.0
-                    gpa = 0.0
-                    if h[a] > 0.0:
-                        ga = 0.5 * h[a] * langevin(0.5 * h[a] * z[a])
-                        gpa = 0.25 * h[a] * h[a] * langevin_prime(0.5 * h[a] * z[a])
-                    cov_c = C[a, 0] * c[0] + C[a, 1] * c[1] + C[a, 2] * c[2] - gpa * c[a]
-                    for b in range(3):
-                        Vbar[ch, j, b, a] += ubar[t, b] * (E[a] - ga) / M
-                        Bbar[ch, j, a, b] += cov_c * x[b]
-                ec = E[0] * c[0] + E[1] * c[1] + E[2] * c[2]
-                if direct:
-                    _direct_wbar(z, lse, y0, y1, y2, c, ec, wb)
-                    continue
-                inv = 1.0 / s0
-                for p in range(n0):
-                    for q in range(n1):
-                        f = inv * e0[p] * e1[q]
-                        alpha = f * (y0[p] * c[0] + y1[q] * c[1] - ec)
-                        beta = f * c[2]
-                        for r in range(n2):
-                            wb[p, q, r] += alpha * e2[r] + beta * e2y[r]
+@inline
+def _factor2(z, y, e, ey, eyy):
+    """e_i = exp(z y_i - max_i z y_i) as in the forward kernel; ey = (y - o) e, eyy = (y - o)^2 e.
+
+    o = y at the maximising node: the moments are taken about it (mass
+    concentrates there when |z| is large, so Cov = S2/S0 - E E^T keeps its digits).
+
+    Returns:
+        o.
+    """
+    n = y.shape[0]
+    shift = -np.inf
+    imax = 0
+    for i in range(n):
+        s = z * y[i]
+        if s > shift:
+            shift = s
+            imax = i
+    o = y[imax]
+    for i in range(n):
+        e[i] = np.exp(z * y[i] - shift)
+        ey[i] = (y[i] - o) * e[i]
+        eyy[i] = (y[i] - o) * ey[i]
+    return o
 
 
 @inline
-def _direct_moments(z, w, y0, y1, y2, E, C):
-    """Tilted mean and covariance by the two-pass sum shifted by the true maximum."""
+def _moments(w, e0, e0y, e0yy, e1, e1y, e1yy, e2, e2y, e2yy, S):
+    """S = sums of w e0 e1 e2 times 1, y'_a, y'_a y'_b (order 0 1 2 00 01 02 11 12 22).
+
+    Nested contractions as in the forward kernel; rows q are taken in pairs
+    so that each load of e2 serves two rows of w.
+    """
+    n0, n1, n2 = w.shape
+    for k in range(10):
+        S[k] = 0.0
+    for p in range(n0):
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a11 = 0.0
+        a12 = 0.0
+        a22 = 0.0
+        q = 0
+        while q < n1:
+            if q + 1 < n1:
+                t0 = 0.0
+                t2 = 0.0
+                t22 = 0.0
+                u0 = 0.0
+                u2 = 0.0
+                u22 = 0.0
+                for r in range(n2):
+                    wa = w[p, q, r]
+                    wc = w[p, q + 1, r]
+                    f = e2[r]
+                    fy = e2y[r]
+                    fyy = e2yy[r]
+                    t0 += wa * f
+                    t2 += wa * fy
+                    t22 += wa * fyy
+                    u0 += wc * f
+                    u2 += wc * fy
+                    u22 += wc * fyy
+                a0 += e1[q] * t0 + e1[q + 1] * u0
+                a1 += e1y[q] * t0 + e1y[q + 1] * u0
+                a11 += e1yy[q] * t0 + e1yy[q + 1] * u0
+                a2 += e1[q] * t2 + e1[q + 1] * u2
+                a12 += e1y[q] * t2 + e1y[q + 1] * u2
+                a22 += e1[q] * t22 + e1[q + 1] * u22
+                q += 2
+            else:
+                t0 = 0.0
+                t2 = 0.0
+                t22 = 0.0
+                for r in range(n2):
+                    wa = w[p, q, r]
+                    t0 += wa * e2[r]
+                    t2 += wa * e2y[r]
+                    t22 += wa * e2yy[r]
+                a0 += e1[q] * t0
+                a1 += e1y[q] * t0
+                a11 += e1yy[q] * t0
+                a2 += e1[q] * t2
+                a12 += e1y[q] * t2
+                a22 += e1[q] * t22
+                q += 1
+        S[0] += e0[p] * a0
+        S[1] += e0y[p] * a0
+        S[2] += e0[p] * a1
+        S[3] += e0[p] * a2
+        S[4] += e0yy[p] * a0
+        S[5] += e0y[p] * a1
+        S[6] += e0y[p] * a2
+        S[7] += e0[p] * a11
+        S[8] += e0[p] * a12
+        S[9] += e0[p] * a22
+
+
+@inline
+def _flush(wb, pe2, pe2y, pal, pbe, k):
+    """wb[p, q, r] += sum over the k pending items i of pal[i, p, q] pe2[i, r] + pbe[i, p, q] pe2y[i, r].
+
+    Up to three (target, head) items share one read-modify-write of wb.
+    """
+    n0, n1, n2 = wb.shape
+    for p in range(n0):
+        for q in range(n1):
+            a0 = pal[0, p, q]
+            b0 = pbe[0, p, q]
+            if k == 3:
+                a1 = pal[1, p, q]
+                b1 = pbe[1, p, q]
+                a2 = pal[2, p, q]
+                b2 = pbe[2, p, q]
+                for r in range(n2):
+                    wb[p, q, r] += (
+                        a0 * pe2[0, r] + b0 * pe2y[0, r] + a1 * pe2[1, r] + b1 * pe2y[1, r]
+                        + a2 * pe2[2, r] + b2 * pe2y[2, r]
+                    )  # fmt: skip
+            elif k == 2:
+                a1 = pal[1, p, q]
+                b1 = pbe[1, p, q]
+                for r in range(n2):
+                    wb[p, q, r] += a0 * pe2[0, r] + b0 * pe2y[0, r] + a1 * pe2[1, r] + b1 * pe2y[1, r]
+            else:
+                for r in range(n2):
+                    wb[p, q, r] += a0 * pe2[0, r] + b0 * pe2y[0, r]
+
+
+@inline
+def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
+    """The underflow branch: two-pass sums over the sources with w > 0.
+
+    Fills mom with (o, E - o, Cov) (o the top source, Cov as 6 entries
+    00 01 02 11 12 22) and adds q_k (y_k - E)·c to wb[k] for w_k > 0.
+    """
     n0, n1, n2 = w.shape
     top = -np.inf
+    pt = 0
+    qt = 0
+    rt = 0
     for p in range(n0):
         for q in range(n1):
             for r in range(n2):
                 if w[p, q, r] > 0.0:
-                    s = z[0] * y0[p] + z[1] * y1[q] + z[2] * y2[r]
+                    s = z0 * y0[p] + z1 * y1[q] + z2 * y2[r]
                     if s > top:
                         top = s
-    if top == -np.inf:
-        return -np.inf
+                        pt = p
+                        qt = q
+                        rt = r
+    for k in range(12):
+        mom[k] = 0.0
+    if top == -np.inf:  # no mass: the forward returns m = 0
+        return
+    o0 = y0[pt]
+    o1 = y1[qt]
+    o2 = y2[rt]
+    mom[0] = o0
+    mom[1] = o1
+    mom[2] = o2
     s0 = 0.0
-    m = np.zeros(3)
-    S = np.zeros((3, 3))
-    y = np.empty(3)
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s11 = 0.0
+    s12 = 0.0
+    s13 = 0.0
+    s22 = 0.0
+    s23 = 0.0
+    s33 = 0.0
     for p in range(n0):
         for q in range(n1):
             for r in range(n2):
                 wv = w[p, q, r]
                 if wv > 0.0:
-                    y[0] = y0[p]
-                    y[1] = y1[q]
-                    y[2] = y2[r]
-                    e = wv * np.exp(z[0] * y[0] + z[1] * y[1] + z[2] * y[2] - top)
+                    e = wv * np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top)
+                    a = y0[p] - o0
+                    b = y1[q] - o1
+                    c = y2[r] - o2
                     s0 += e
-                    for a in range(3):
-                        m[a] += e * y[a]
-                        for b in range(3):
-                            S[a, b] += e * y[a] * y[b]
-    for a in range(3):
-        E[a] = m[a] / s0
-    for a in range(3):
-        for b in range(3):
-            C[a, b] = S[a, b] / s0 - E[a] * E[b]
-    return top + np.log(s0)
-
-
-@inline
-def _direct_wbar(z, lse, y0, y1, y2, c, ec, wb):
-    n0, n1, n2 = wb.shape
+                    s1 += e * a
+                    s2 += e * b
+                    s3 += e * c
+                    s11 += e * a * a
+                    s12 += e * a * b
+                    s13 += e * a * c
+                    s22 += e * b * b
+                    s23 += e * b * c
+                    s33 += e * c * c
+    E0 = s1 / s0
+    E1 = s2 / s0
+    E2 = s3 / s0
+    mom[3] = E0
+    mom[4] = E1
+    mom[5] = E2
+    mom[6] = s11 / s0 - E0 * E0
+    mom[7] = s12 / s0 - E0 * E1
+    mom[8] = s13 / s0 - E0 * E2
+    mom[9] = s22 / s0 - E1 * E1
+    mom[10] = s23 / s0 - E1 * E2
+    mom[11] = s33 / s0 - E2 * E2
+    Ec = E0 * c0 + E1 * c1 + E2 * c2
+    inv = 1.0 / s0
     for p in range(n0):
         for q in range(n1):
             for r in range(n2):
-                e = np.exp(z[0] * y0[p] + z[1] * y1[q] + z[2] * y2[r] - lse)
-                wb[p, q, r] += e * (y0[p] * c[0] + y1[q] * c[1] + y2[r] * c[2] - ec)
+                if w[p, q, r] > 0.0:
+                    qk = np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top) * inv
+                    wb[p, q, r] += qk * (c0 * (y0[p] - o0) + c1 * (y1[q] - o1) + c2 * (y2[r] - o2) - Ec)
+
+
+@kernel(parallel=True)
+def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
+    """Per-part cotangents of :func:`tensor_velocity`; see the module docstring.
+
+    Args:
+        targets, w, y0, y1, y2, B, V, h: as for :func:`tensor_velocity`.
+        ubar: (T, 3) cotangent of out.
+        wbar: (P, n0, n1, n2) zeroed; part p accumulates into wbar[p].
+        Bbar, Vbar: (P, M, 3, 3) zeroed, likewise.
+    """
+    T = targets.shape[0]
+    M = B.shape[0]
+    n0, n1, n2 = w.shape
+    nparts = wbar.shape[0]
+    nchunks = (T + CHUNK - 1) // CHUNK
+    for part in prange(nparts):
+        wb = wbar[part]
+        e0 = np.empty(n0)
+        e0y = np.empty(n0)
+        e0yy = np.empty(n0)
+        e1 = np.empty(n1)
+        e1y = np.empty(n1)
+        e1yy = np.empty(n1)
+        e2yy = np.empty(n2)
+        S = np.empty(10)
+        mom = np.empty(12)
+        # up to three (target, head) items waiting for one shared pass over wb
+        pe2 = np.empty((3, n2))
+        pe2y = np.empty((3, n2))
+        pal = np.empty((3, n0, n1))
+        pbe = np.empty((3, n0, n1))
+        npend = 0
+        for ch in range(part, nchunks, nparts):
+            for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
+                u0 = ubar[t, 0]
+                u1 = ubar[t, 1]
+                u2 = ubar[t, 2]
+                if u0 == 0.0 and u1 == 0.0 and u2 == 0.0:
+                    continue  # nothing flows back through this target
+                x0 = targets[t, 0]
+                x1 = targets[t, 1]
+                x2 = targets[t, 2]
+                for j in range(M):
+                    z0 = B[j, 0, 0] * x0 + B[j, 0, 1] * x1 + B[j, 0, 2] * x2
+                    z1 = B[j, 1, 0] * x0 + B[j, 1, 1] * x1 + B[j, 1, 2] * x2
+                    z2 = B[j, 2, 0] * x0 + B[j, 2, 1] * x1 + B[j, 2, 2] * x2
+                    # c = V_j^T ubar / M
+                    c0 = (V[j, 0, 0] * u0 + V[j, 1, 0] * u1 + V[j, 2, 0] * u2) / M
+                    c1 = (V[j, 0, 1] * u0 + V[j, 1, 1] * u1 + V[j, 2, 1] * u2) / M
+                    c2 = (V[j, 0, 2] * u0 + V[j, 1, 2] * u1 + V[j, 2, 2] * u2) / M
+                    e2 = pe2[npend]
+                    e2y = pe2y[npend]
+                    o0 = _factor2(z0, y0, e0, e0y, e0yy)
+                    o1 = _factor2(z1, y1, e1, e1y, e1yy)
+                    o2 = _factor2(z2, y2, e2, e2y, e2yy)
+                    _moments(w, e0, e0y, e0yy, e1, e1y, e1yy, e2, e2y, e2yy, S)
+                    s0 = S[0]
+                    if s0 > UNDERFLOW and s0 < np.inf:
+                        inv = 1.0 / s0
+                        E0 = S[1] * inv
+                        E1 = S[2] * inv
+                        E2 = S[3] * inv
+                        mom[0] = o0
+                        mom[1] = o1
+                        mom[2] = o2
+                        mom[3] = E0
+                        mom[4] = E1
+                        mom[5] = E2
+                        mom[6] = S[4] * inv - E0 * E0
+                        mom[7] = S[5] * inv - E0 * E1
+                        mom[8] = S[6] * inv - E0 * E2
+                        mom[9] = S[7] * inv - E1 * E1
+                        mom[10] = S[8] * inv - E1 * E2
+                        mom[11] = S[9] * inv - E2 * E2
+                        # w_bar += q (y - E)·c with q = e0 e1 e2 / S0: queue the item
+                        Ec = E0 * c0 + E1 * c1 + E2 * c2
+                        for p in range(n0):
+                            for q in range(n1):
+                                base = e0[p] * e1[q] * inv
+                                pal[npend, p, q] = base * (c0 * (y0[p] - o0) + c1 * (y1[q] - o1) - Ec)
+                                pbe[npend, p, q] = base * c2
+                        npend += 1
+                        if npend == 3:
+                            _flush(wb, pe2, pe2y, pal, pbe, 3)
+                            npend = 0
+                    else:
+                        _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb)
+                    # m = E - g(z); z_bar = Cov c - g'(z) c
+                    m0 = mom[0] + mom[3]
+                    m1 = mom[1] + mom[4]
+                    m2 = mom[2] + mom[5]
+                    zb0 = mom[6] * c0 + mom[7] * c1 + mom[8] * c2
+                    zb1 = mom[7] * c0 + mom[9] * c1 + mom[10] * c2
+                    zb2 = mom[8] * c0 + mom[10] * c1 + mom[11] * c2
+                    if h[0] > 0.0:
+                        m0 -= 0.5 * h[0] * langevin(0.5 * h[0] * z0)
+                        zb0 -= 0.25 * h[0] * h[0] * langevin_prime(0.5 * h[0] * z0) * c0
+                    if h[1] > 0.0:
+                        m1 -= 0.5 * h[1] * langevin(0.5 * h[1] * z1)
+                        zb1 -= 0.25 * h[1] * h[1] * langevin_prime(0.5 * h[1] * z1) * c1
+                    if h[2] > 0.0:
+                        m2 -= 0.5 * h[2] * langevin(0.5 * h[2] * z2)
+                        zb2 -= 0.25 * h[2] * h[2] * langevin_prime(0.5 * h[2] * z2) * c2
+                    Vb = Vbar[part, j]
+                    Vb[0, 0] += u0 * m0 / M
+                    Vb[0, 1] += u0 * m1 / M
+                    Vb[0, 2] += u0 * m2 / M
+                    Vb[1, 0] += u1 * m0 / M
+                    Vb[1, 1] += u1 * m1 / M
+                    Vb[1, 2] += u1 * m2 / M
+                    Vb[2, 0] += u2 * m0 / M
+                    Vb[2, 1] += u2 * m1 / M
+                    Vb[2, 2] += u2 * m2 / M
+                    Bb = Bbar[part, j]
+                    Bb[0, 0] += zb0 * x0
+                    Bb[0, 1] += zb0 * x1
+                    Bb[0, 2] += zb0 * x2
+                    Bb[1, 0] += zb1 * x0
+                    Bb[1, 1] += zb1 * x1
+                    Bb[1, 2] += zb1 * x2
+                    Bb[2, 0] += zb2 * x0
+                    Bb[2, 1] += zb2 * x1
+                    Bb[2, 2] += zb2 * x2
+        if npend > 0:
+            _flush(wb, pe2, pe2y, pal, pbe, npend)
+
+
+#: private copies of w_bar (a fixed number, so results do not depend on the thread count)
+PARTS = 8
 
 
 def tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar):
-    """(w_bar, B_bar, V_bar): the transpose of d out / d(w, B, V) applied to ``ubar``.
+    """(w_bar, B_bar, V_bar): cotangents of :func:`tensor_velocity` for a cotangent ubar of out.
 
-    Arguments as for :func:`gridpde.attention.tensor.tensor_velocity`;
-    ``ubar`` (T, 3) is the cotangent of its ``out``. B_bar, V_bar are (M, 3, 3).
+    Args:
+        targets: (T, 3) padded target points x (fixed).
+        w: (n0, n1, n2) source masses (cell average times cell volume).
+        y0, y1, y2: cell centres per padded axis.
+        B: (M, 3, 3) padded score matrices B = K^T Q.
+        V: (M, 3, 3) padded value matrices.
+        h: (3,) cell sizes of the deconvolved quadrature, zeros for midpoint.
+        ubar: (T, 3) cotangent of out.
+
+    Returns:
+        w_bar (n0, n1, n2), B_bar (M, 3, 3), V_bar (M, 3, 3).
     """
+    w = np.ascontiguousarray(w, dtype=float)
     M = B.shape[0]
-    nch = max(1, min(CHUNKS, targets.shape[0]))
-    wbar = np.zeros((nch, *w.shape))
-    Bbar = np.zeros((nch, M, 3, 3))
-    Vbar = np.zeros((nch, M, 3, 3))
-    _vjp_kernel(targets, w, y0, y1, y2, B, V, h, np.ascontiguousarray(ubar), wbar, Bbar, Vbar)
+    parts = max(1, min(PARTS, (targets.shape[0] + CHUNK - 1) // CHUNK))
+    wbar = np.zeros((parts, *w.shape))
+    Bbar = np.zeros((parts, M, 3, 3))
+    Vbar = np.zeros((parts, M, 3, 3))
+
+    def arr(x):
+        return np.ascontiguousarray(x, dtype=float)
+
+    _tensor_vjp(arr(targets), w, arr(y0), arr(y1), arr(y2), arr(B), arr(V), arr(h), arr(ubar), wbar, Bbar, Vbar)
     return wbar.sum(axis=0), Bbar.sum(axis=0), Vbar.sum(axis=0)
 
 
+# ---------------------------------------------------------------- numpy twins
+
+
+def _langevin_numpy(u):
+    u = np.asarray(u, float)
+    small = np.abs(u) < 1e-3
+    us = np.where(small, 1.0, u)
+    series = u / 3 - u**3 / 45 + 2 * u**5 / 945
+    return np.where(small, series, 1 / np.tanh(us) - 1 / us)
+
+
+def _langevin_prime_numpy(u):
+    u = np.asarray(u, float)
+    small = np.abs(u) < 1e-2
+    big = np.abs(u) > 300
+    us = np.where(small | big, 1.0, u)
+    series = 1 / 3 - u**2 / 15 + 2 * u**4 / 189 - u**6 / 675
+    return np.where(small, series, np.where(big, 1 / np.where(big, u, 1.0) ** 2, 1 / us**2 - 1 / np.sinh(us) ** 2))
+
+
+def _head_numpy(targets, w, Y, Bj, h):
+    """One head by direct sums, with the forward kernel's branch per target.
+
+    Returns:
+        z (T, 3), Q (T, N) = exp(z·y_k - lse) on the live sources (else 0),
+        E (T, 3), Cov (T, 3, 3), g (T, 3), g' (T, 3).
+    """
+    wf = w.ravel()
+    z = targets @ Bj.T
+    s = z @ Y.T
+    # the factorised branch: each axis factor shifted by its own maximum
+    ycols = [np.unique(Y[:, a]) for a in range(3)]
+    shift = sum(np.maximum(z[:, a, None] * ycols[a].min(), z[:, a, None] * ycols[a].max())[:, 0] for a in range(3))
+    s0 = (wf * np.exp(s - shift[:, None])).sum(axis=1)
+    fact = (s0 > UNDERFLOW) & (s0 < np.inf)
+    live = fact[:, None] | (wf > 0)[None, :]
+    top = np.where(fact, shift, np.max(np.where(live, s, -np.inf), axis=1))
+    anylive = np.isfinite(top)
+    top = np.where(anylive, top, 0.0)
+    q = np.exp(np.where(live, s - top[:, None], -np.inf))
+    norm = (wf * q).sum(axis=1)
+    q = q / np.where(anylive, norm, 1.0)[:, None]
+    P = wf * q
+    E = P @ Y
+    D = Y[None, :, :] - E[:, None, :]
+    Cov = np.einsum("tk,tka,tkb->tab", P, D, D)
+    g = np.zeros_like(z)
+    gp = np.zeros_like(z)
+    for a in range(3):
+        if h[a] > 0:
+            g[:, a] = 0.5 * h[a] * _langevin_numpy(0.5 * h[a] * z[:, a])
+            gp[:, a] = 0.25 * h[a] ** 2 * _langevin_prime_numpy(0.5 * h[a] * z[:, a])
+    return z, q, E, Cov, g, gp
+
+
+def _sources(w, y0, y1, y2):
+    return np.stack(np.meshgrid(y0, y1, y2, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
 def tensor_velocity_jvp_numpy(targets, w, y0, y1, y2, B, V, h, dw, dB, dV):
-    """Plain-numpy JVP twin (tests only): d out for a direction (dw, dB, dV), direct sums."""
-    Y = np.stack(np.meshgrid(y0, y1, y2, indexing="ij"), axis=-1).reshape(-1, 3)
-    wf, dwf = w.ravel(), dw.ravel()
+    """Forward-mode linearisation of :func:`tensor_velocity` in (w, B, V) (tests only).
+
+    Direct sums forming (T, N) matrices per head: small problems only.
+
+    Returns:
+        d out (T, 3).
+    """
+    Y = _sources(w, y0, y1, y2)
+    dwf = np.ravel(dw)
     M = B.shape[0]
-    out = np.zeros((targets.shape[0], 3))
+    dout = np.zeros((targets.shape[0], 3))
     for j in range(M):
-        z = targets @ B[j].T
+        z, q, E, Cov, g, gp = _head_numpy(targets, w, Y, B[j], h)
         dz = targets @ dB[j].T
-        s = np.where(wf > 0, z @ Y.T, -np.inf)
-        top = s.max(axis=1, keepdims=True)
-        q = np.exp(z @ Y.T - top)  # exp(z.y - top) for every cell
-        P = wf * q
-        s0 = P.sum(axis=1, keepdims=True)
-        P /= s0
-        q /= s0
-        E = P @ Y
-        second = np.einsum("tk,ka,kb->tab", P, Y, Y)
-        C = second - E[:, :, None] * E[:, None, :]
-        dE = np.einsum("tab,tb->ta", C, dz) + (q * dwf) @ Y - E * (q @ dwf)[:, None]
-        g = np.zeros_like(z)
-        gp = np.zeros_like(z)
-        for a in range(3):
-            if h[a] > 0:
-                u = 0.5 * h[a] * z[:, a]
-                g[:, a] = 0.5 * h[a] * np.array([langevin(v) for v in u])
-                gp[:, a] = 0.25 * h[a] ** 2 * np.array([langevin_prime(v) for v in u])
-        out += (E - g) @ dV[j].T + (dE - gp * dz) @ V[j].T
-    return out / M
+        dE = (q * dwf) @ Y - (q @ dwf)[:, None] * E + np.einsum("tab,tb->ta", Cov, dz)
+        dout += (E - g) @ dV[j].T + (dE - gp * dz) @ V[j].T
+    return dout / M
+
+
+def tensor_velocity_vjp_numpy(targets, w, y0, y1, y2, B, V, h, ubar):
+    """Plain-numpy twin of :func:`tensor_velocity_vjp` (tests only; (T, N) matrices)."""
+    Y = _sources(w, y0, y1, y2)
+    M = B.shape[0]
+    wbar = np.zeros(w.size)
+    Bbar = np.zeros((M, 3, 3))
+    Vbar = np.zeros((M, 3, 3))
+    for j in range(M):
+        z, q, E, Cov, g, gp = _head_numpy(targets, w, Y, B[j], h)
+        c = ubar @ V[j] / M
+        Vbar[j] = ubar.T @ (E - g) / M
+        wbar += (q * (c @ Y.T - (E * c).sum(axis=1)[:, None])).sum(axis=0)
+        Bbar[j] = (np.einsum("tab,tb->ta", Cov, c) - gp * c).T @ targets
+    return wbar.reshape(w.shape), Bbar, Vbar

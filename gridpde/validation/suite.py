@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from gridpde.validation import gradient_studies as gs
 from gridpde.validation import particle_studies as ps
 from gridpde.validation.problems import Level, fitted_order, gaussian_problem, run_level
 
@@ -126,6 +127,31 @@ def width_gap(seeds=8) -> Callable[[], Iterator[Check]]:
     return study
 
 
+def gradient_order(dim, method, levels, scheme, order=None, finest=None) -> Callable[[], Iterator[Check]]:
+    """Adjoint gradient against the exact Gaussian gradient (moment ODE + closed-form MMD)."""
+
+    def study():
+        lv, errs, p = gs.gradient_error(dim, method, levels, scheme)
+        detail = f"n = {', '.join(map(str, lv))}; relative errors " + ", ".join(f"{e:.2e}" for e in errs)
+        name = f"gradient-{dim}d-{method}" + (f"-{scheme}" if method == "grid" else "")
+        if order is not None:
+            yield Check(f"{name}: order", p, f">= {order}", p >= order, detail)
+        if finest is not None:
+            yield Check(f"{name}: finest error", errs[-1], f"<= {finest:g}", errs[-1] <= finest, detail)
+
+    return study
+
+
+def gradient_grid_particles(dim, levels, order) -> Callable[[], Iterator[Check]]:
+    def study():
+        lv, diffs, p = gs.grid_vs_particle_gradient(dim, levels)
+        detail = f"n = {', '.join(map(str, lv))}; relative differences " + ", ".join(f"{e:.2e}" for e in diffs)
+        yield Check(f"gradient-grid-vs-particles-{dim}d: rate", p, f">= {order}", p >= order,
+                    detail + "; MUSCL grid vs RK4 quadrature tokens, mixture prompt")
+
+    return study
+
+
 QUICK = {
     "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
     "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
@@ -136,6 +162,9 @@ QUICK = {
     "grid-vs-particles-1d": grid_particles(1, [100, 200, 400], 0.9),
     "depth-gap": depth_gap,
     "width-gap": width_gap(),
+    "gradient-1d-grid-upwind": gradient_order(1, "grid", [100, 200, 400], "upwind", 0.9),
+    "gradient-1d-grid-muscl": gradient_order(1, "grid", [100, 200, 400], "muscl", 1.8),
+    "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
 }
 
 FULL = {
@@ -152,6 +181,13 @@ FULL = {
     "grid-vs-particles-2d": grid_particles(2, [32, 48, 64, 96, 128], 1.8, 1e-3),
     "depth-gap": depth_gap,
     "width-gap": width_gap(),
+    "gradient-1d-grid-upwind": gradient_order(1, "grid", [100, 200, 400, 800], "upwind", 0.9),
+    "gradient-1d-grid-muscl": gradient_order(1, "grid", [100, 200, 400, 800], "muscl", 1.8),
+    "gradient-2d-grid-upwind": gradient_order(2, "grid", [24, 32, 48, 64], "upwind", 0.9),
+    "gradient-2d-grid-muscl": gradient_order(2, "grid", [24, 32, 48, 64], "muscl", 1.8),
+    "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
+    "gradient-2d-particles": gradient_order(2, "particles", [12, 16, 24], "upwind", finest=1e-5),
+    "gradient-grid-vs-particles-1d": gradient_grid_particles(1, [100, 200, 400], 1.8),
 }
 
 
