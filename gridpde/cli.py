@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="measure the solver against exact solutions")
     v.add_argument("--quick", action="store_true", help="the subset the test suite runs")
     v.add_argument("--only", metavar="NAME", help="run only the checks whose name contains NAME")
+    v.add_argument("--slow", action="store_true", help="add the training convergence experiment (long)")
 
     g = sub.add_parser("gradcheck", help="adjoint gradient against finite differences")
     g.add_argument("case", type=Path)
@@ -89,7 +90,7 @@ def _run(args) -> int:
 def _validate(args) -> int:
     from gridpde.validation.suite import run_suite
 
-    return 0 if run_suite(quick=args.quick, only=args.only) else 1
+    return 0 if run_suite(quick=args.quick, only=args.only, slow=args.slow) else 1
 
 
 def _gradcheck(args) -> int:

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gridpde.validation import gradient_studies as gs
+from gridpde.validation import ntk_families as nf
 from gridpde.validation import particle_studies as ps
+from gridpde.validation import training_studies as ts
 from gridpde.validation.problems import Level, fitted_order, gaussian_problem, run_level
 
 #: the MUSCL limiter of the studies: van Leer's smooth limiter clips extrema
@@ -152,6 +154,55 @@ def gradient_grid_particles(dim, levels, order) -> Callable[[], Iterator[Check]]
     return study
 
 
+#: what the definitional tangent map must give on each family (MODEL.md 6): V is
+#: free, so injectivity is linear independence of the fields B -> m_mu(Bx)
+#: over the tokens of all prompts. A Gaussian's m is affine in B x (fails); a
+#: prompt symmetric about 0 has m(-z) = -m(z), so even fields are in the kernel
+#: (the centred box fails); a duplicated prompt or two Gaussians with one
+#: covariance repeat fields; a Dirac away from 0 still has V y != 0 (holds).
+DEFINITION = {
+    "tokens": "holds", "uniform": "holds", "mixture": "holds", "gaussian": "fails",
+    "tokens_origin": "holds", "dirac": "holds", "dirac_origin": "fails", "uniform_centred": "fails",
+    "two_gaussians": "fails", "translated_pair": "holds", "convolution_triple": "holds", "duplicate": "fails",
+}
+NAMED = ("tokens", "uniform", "mixture", "gaussian")  # the families the paper names, and its counter-example
+
+
+def ntk_families(levels=2) -> Iterator[Check]:
+    """The tangent map's verdict on each family, and which readings agree with it."""
+    rows = nf.validation_rows(dims=(1, 2), levels=levels)
+    verdicts = nf.verdicts(rows)
+    for (fam, dim), v in sorted(verdicts.items()):
+        if fam not in DEFINITION:
+            continue
+        ok = v["tangent"] == DEFINITION[fam]
+        worst = min(r.rel_min for r in rows if r.family == fam and r.dim == dim and r.diagnostic == "tangent")
+        detail = "; ".join(f"{k} {val}" for k, val in v.items() if k != "tangent")
+        yield Check(f"ntk-{dim}d {fam}: tangent map {v['tangent']}", worst, DEFINITION[fam], ok,
+                    f"smallest sigma/sigma_max over {levels} levels; readings: {detail}")
+    agree = [verdicts[(f, d)]["lse_a_pooled"] == verdicts[(f, d)]["tangent"] for f in NAMED for d in (1, 2)]
+    yield Check("ntk: reading (a) pooled agrees on the named families", float(sum(agree)),
+                f"== {len(agree)}", all(agree), "tokens, uniform, mixture, gaussian in 1-D and 2-D")
+    for reading in ("lse_a", "lse_a_const", "lse_b"):
+        bad = sorted(f"{f}-{d}d" for (f, d), v in verdicts.items() if v[reading] != v["tangent"])
+        print(f"  (info) reading {reading} disagrees with the tangent map on: {', '.join(bad) or 'none'}")
+
+
+def training_convergence(dim, variant, method, steps, ratio_max=None) -> Callable[[], Iterator[Check]]:
+    def study():
+        r = ts.teacher_student(dim, variant, method, steps)
+        name = f"train-{dim}d-{variant}-{method}"
+        detail = (f"{r.steps} steps in {r.seconds:.0f} s; risk {r.risk0:.2e} -> {r.risk:.2e}; "
+                  f"W_c from start {r.w_c_initial:.3g}, to teacher {r.w_c_teacher:.3g}")
+        yield Check(f"{name}: monotone", float(r.monotone), "== 1", r.monotone, detail)
+        if ratio_max is not None:
+            yield Check(f"{name}: risk / initial", r.ratio, f"<= {ratio_max:g}", r.ratio <= ratio_max, detail)
+        else:
+            yield Check(f"{name}: risk / initial (measured)", r.ratio, "< 1", r.ratio < 1, detail)
+
+    return study
+
+
 QUICK = {
     "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
     "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
@@ -165,6 +216,7 @@ QUICK = {
     "gradient-1d-grid-upwind": gradient_order(1, "grid", [100, 200, 400], "upwind", 0.9),
     "gradient-1d-grid-muscl": gradient_order(1, "grid", [100, 200, 400], "muscl", 1.8),
     "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
+    "ntk-families": ntk_families,
 }
 
 FULL = {
@@ -188,12 +240,13 @@ FULL = {
     "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
     "gradient-2d-particles": gradient_order(2, "particles", [12, 16, 24], "upwind", finest=1e-5),
     "gradient-grid-vs-particles-1d": gradient_grid_particles(1, [100, 200, 400], 1.8),
+    "ntk-families": ntk_families,
 }
 
 
-def run_suite(quick: bool = False, only: str | None = None, out=sys.stdout) -> bool:
+def run_suite(quick: bool = False, only: str | None = None, out=sys.stdout, slow: bool = False) -> bool:
     """Run the studies, print the table, and return whether every check passed."""
-    studies = QUICK if quick else FULL
+    studies = QUICK if quick else ({**FULL, **SLOW} if slow else FULL)
     chosen = {k: v for k, v in studies.items() if only is None or only in k}
     if not chosen:
         print(f"no study matches --only {only!r}; studies: {', '.join(studies)}", file=out)
@@ -226,3 +279,14 @@ def measured(checks: list[Check], name: str) -> float:
     """The measured value of the check called ``name`` (for tests)."""
     return next(c.measured for c in checks if c.name == name)
 
+
+
+#: the convergence experiment (issue 5): tens of minutes on 2 cores
+SLOW = {
+    "train-1d-near-grid": training_convergence(1, "near", "grid", 3000, 1e-6),
+    "train-1d-near-particles": training_convergence(1, "near", "particles", 3000, 1e-6),
+    "train-2d-near-grid": training_convergence(2, "near", "grid", 1500, 1e-6),
+    "train-2d-near-particles": training_convergence(2, "near", "particles", 1500, 1e-6),
+    "train-1d-random-grid": training_convergence(1, "random", "grid", 600),
+    "train-2d-random-grid": training_convergence(2, "random", "grid", 300),
+}
