@@ -31,7 +31,7 @@ import numpy as np
 
 from gridpde.attention.direct import direct_velocity
 from gridpde.attention.direct_vjp import direct_velocity_vjp
-from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.case import GaussianPrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import NumericalError
 from gridpde.grid import Grid
 from gridpde.heads import pad3

@@ -161,7 +161,7 @@ class Transport:
 
 
 def fv_rhs_numpy(rho, u, dx, dim, limiter):
-    """Plain-numpy twin of :func:`fv_rhs` (tests only).
+    """Plain-numpy twin of :meth:`Transport.rhs` in the padded layout (tests only).
 
     Args:
         rho: (n0, n1, n2) padded cell averages.

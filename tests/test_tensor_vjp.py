@@ -83,7 +83,7 @@ def test_vjp_is_the_transpose_of_the_jvp(rng, shape, scale, deconvolve, M):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("scale", [1.0, 150.0])
 def test_kernel_matches_numpy_vjp_twin(rng, shape, scale):
-    targets, w, ys, B, V, h, ix = _problem(rng, shape, scale)
+    targets, w, ys, B, V, h, _ = _problem(rng, shape, scale)
     ubar = rng.normal(size=(len(targets), 3))
     got = tensor_velocity_vjp(targets, w, *ys, B, V, h, ubar)
     want = tensor_velocity_vjp_numpy(targets, w, *ys, B, V, h, ubar)
@@ -124,7 +124,7 @@ def test_jvp_matches_central_differences_in_the_underflow_fallback(rng, shape):
 
 def test_massless_sources_are_live_only_in_the_factorised_branch(rng):
     """The frozen branch: the fallback sums over w > 0 only, as the forward kernel does."""
-    targets, w, ys, B, V, h, ix = _problem(rng, (1, 12, 10), scale=150.0, M=1)
+    targets, w, ys, B, V, h, _ = _problem(rng, (1, 12, 10), scale=150.0, M=1)
     fact = _factorised(targets, w, ys, B[0])
     ubar = rng.normal(size=(len(targets), 3))
     zero = w == 0
@@ -136,7 +136,7 @@ def test_massless_sources_are_live_only_in_the_factorised_branch(rng):
 
 
 def test_result_does_not_depend_on_the_thread_count(rng):
-    targets, w, ys, B, V, h, ix = _problem(rng, (1, 30, 40), T=500)
+    targets, w, ys, B, V, h, _ = _problem(rng, (1, 30, 40), T=500)
     ubar = rng.normal(size=(len(targets), 3))
     old = numba.get_num_threads()
     try:

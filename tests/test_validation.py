@@ -2,7 +2,7 @@
 
 import io
 
-from gridpde.validation.suite import QUICK, run_suite
+from gridpde.validation.suite import run_suite
 
 
 def test_quick_validation_suite_passes():

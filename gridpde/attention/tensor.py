@@ -100,7 +100,7 @@ def _direct_on_grid(z0, z1, z2, w, y0, y1, y2, m):
         for q in range(n1):
             for r in range(n2):
                 wv = w[p, q, r]
-                if wv > 0.0:
+                if wv != 0.0:  # every cell, as the factorised path (round-off negatives too)
                     e = wv * np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top)
                     s0 += e
                     s1 += e * y0[p]
@@ -207,17 +207,13 @@ def tensor_velocity_numpy(targets, w, y0, y1, y2, B, V, h):
     for j in range(M):
         z = targets @ B[j].T
         s = z @ Y.T
-        s = np.where(wf > 0, s, -np.inf)
-        top = s.max(axis=1, keepdims=True)
-        p = np.where(wf > 0, wf * np.exp(s - top), 0.0)
+        top = np.where(wf > 0, s, -np.inf).max(axis=1, keepdims=True)
+        p = wf * np.exp(s - top)
         s0 = p.sum(axis=1)
         m = p @ Y / s0[:, None]
         lse[j] = top[:, 0] + np.log(s0)
         for a in range(3):
             if h[a] > 0:
-                u = 0.5 * h[a] * z[:, a]
-                small = np.abs(u) < 1e-8
-                lang = np.where(small, u / 3, 1 / np.tanh(np.where(small, 1, u)) - 1 / np.where(small, 1, u))
-                m[:, a] -= 0.5 * h[a] * lang
+                m[:, a] -= 0.5 * h[a] * np.array([langevin(v) for v in 0.5 * h[a] * z[:, a]])
         out += m @ V[j].T
     return out / M, lse

@@ -1,0 +1,63 @@
+"""Where a training step's time goes: one risk-and-gradient evaluation, profiled.
+
+    python scripts/profile_training.py [cases/teacher_student_2d_near.toml] [--method grid]
+
+Prints the share of the time in the attention sums (forward and VJP), the
+transport (forward and VJP), the loss, and the rest, from cProfile in one run.
+"""
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gridpde.case import load_case  # noqa: E402
+from gridpde.risk import Problem  # noqa: E402
+
+GROUPS = {
+    "attention forward": ("tensor.py", "direct.py"),
+    "attention VJP": ("tensor_vjp.py", "direct_vjp.py"),
+    "transport forward": ("transport.py",),
+    "transport VJP": ("transport_vjp.py",),
+    "loss": ("losses.py",),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", nargs="?", default="cases/teacher_student_2d_near.toml")
+    ap.add_argument("--method", choices=["grid", "particles"])
+    args = ap.parse_args(argv)
+    case = load_case(args.case)
+    problem = Problem(case, args.method)
+    m = case.model
+    problem.risk_and_grad(m.Q, m.K, m.V)  # compile / load kernels
+    t = time.perf_counter()
+    problem.risk(m.Q, m.K, m.V)
+    forward = time.perf_counter() - t
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    res = problem.risk_and_grad(m.Q, m.K, m.V)
+    prof.disable()
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats
+    spent = dict.fromkeys(GROUPS, 0.0)
+    for (filename, _, _), (_, _, tottime, _, _) in stats.items():
+        for group, files in GROUPS.items():
+            if os.path.basename(filename) in files:
+                spent[group] += tottime
+    print(f"{args.case} ({problem.method}): one gradient {total:.3f} s = {total / forward:.2f} x forward "
+          f"({forward:.3f} s); {res.steps} depth steps over {len(case.prompts)} prompts")
+    for group, s in spent.items():
+        print(f"  {group:<18} {s:7.3f} s  {100 * s / total:5.1f} %")
+    rest = total - sum(spent.values())
+    print(f"  {'rest (python)':<18} {rest:7.3f} s  {100 * rest / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
