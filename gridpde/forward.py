@@ -182,8 +182,12 @@ class GridForward:
         layer: int,
         on_step: Callable[[float, int], None] | None = None,
         tape: Tape | None = None,
+        steps: int | None = None,
     ) -> tuple[np.ndarray, float, int]:
         """Advance ``rho`` from depth s0 to s1 inside one layer.
+
+        ``steps``: take this many steps (doubled while a stage would break the
+        positivity limit) instead of choosing them from the cfl number.
 
         Returns:
             (rho at s1, mass that left the box, number of steps taken).
@@ -191,7 +195,7 @@ class GridForward:
         first = self.rhs(rho, layer)
         if not math.isfinite(first.rate):
             raise NumericalError(f"non-finite velocity at depth s = {s0:.6g}", s0)
-        n = max(1, math.ceil((s1 - s0) * first.rate / self.cfl * (1 - 1e-12)))
+        n = steps or max(1, math.ceil((s1 - s0) * first.rate / self.cfl * (1 - 1e-12)))
         while True:
             dt = (s1 - s0) / n
             u, out, ok = rho, 0.0, True
@@ -225,14 +229,20 @@ class GridForward:
         s1: float,
         on_step: Callable[[float, int], None] | None = None,
         tape: Tape | None = None,
+        schedule: list[int] | None = None,
     ) -> tuple[np.ndarray, float, int]:
         """Advance ``rho`` from s0 to s1 across layers; returns (rho, mass lost, steps).
 
         With a ``tape``, every step is recorded for :mod:`gridpde.adjoint`.
+        ``schedule``: steps per layer interval; an empty list is filled with
+        the steps chosen, a filled one is followed (see :meth:`advance`).
         """
         lost, steps = 0.0, 0
-        for a, b, layer in layer_intervals(self.layers, s0, s1):
-            rho, out, n = self.advance(rho, a, b, layer, on_step, tape)
+        for i, (a, b, layer) in enumerate(layer_intervals(self.layers, s0, s1)):
+            fixed = schedule[i] if schedule is not None and i < len(schedule) else None
+            rho, out, n = self.advance(rho, a, b, layer, on_step, tape, fixed)
+            if schedule is not None and fixed is None:
+                schedule.append(n)
             lost += out
             steps += n
         return rho, lost, steps

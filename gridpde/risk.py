@@ -86,6 +86,7 @@ class Problem:
             self.grid = Grid(case.grid.lower, case.grid.upper, case.grid.cells)
             self.limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
             self.initial = [cell_averages(p, self.grid, f"prompts[{i}]")[0] for i, p in enumerate(case.prompts)]
+            self.schedules = self._schedules()
         else:
             self.substeps = steps_per_layer(sv.integrator, sv.substeps)
             self.initial = [prompt_tokens(p, sv.tokens, sv.init, sv.seed + i) for i, p in enumerate(case.prompts)]
@@ -128,19 +129,41 @@ class Problem:
         return score_matrices(Q, K, self.case.model.scale_scores)
 
     def outputs(self, Q, K, V) -> list:
-        """The output states at s = 1 for heads (Q, K, V): rho, or (X, w)."""
+        """The output states at s = 1 for heads (Q, K, V): rho, or (X, w).
+
+        On the grid every evaluation, the teacher's included, follows the
+        case's step schedule, so the student at the teacher's heads
+        reproduces the targets exactly (zero risk).
+        """
         B = self._B(Q, K)
         if self.method == "grid":
             solver = self._grid_solver(B, V)
             outs = []
             for p, rho in enumerate(self.initial):
-                rho1, lost, _ = solver.solve(rho, 0.0, 1.0)
+                rho1, lost, _ = solver.solve(rho, 0.0, 1.0, schedule=list(self.schedules[p]))
                 self._check_mass(lost, p)
                 outs.append(rho1)
             return outs
         solver = self._particle_solver(B, V)
         L = B.shape[0]
         return [(solver.solve(X, w, 0, L * self.substeps), w) for X, w in self.initial]
+
+    def _schedules(self) -> list[list[int]]:
+        """Depth steps per layer interval, chosen once from the case's heads.
+
+        Every later evaluation takes these steps (doubled only where the
+        positivity limit demands it), so the discrete risk is a smooth
+        function of the heads instead of jumping where a step count would
+        change; being set by the case, they are the same after --resume.
+        """
+        m = self.case.model
+        solver = self._grid_solver(self._B(m.Q, m.K), m.V)
+        schedules = []
+        for rho in self.initial:
+            sched: list[int] = []
+            solver.solve(rho, 0.0, 1.0, schedule=sched)
+            schedules.append(sched)
+        return schedules
 
     def _check_mass(self, lost: float, p: int) -> None:
         tol = self.case.solver.mass_tol
@@ -169,7 +192,7 @@ class Problem:
             budget = self.case.solver.adjoint_memory_mb * 2**20
             for p, rho in enumerate(self.initial):
                 tape = Tape(budget)
-                rho1, lost, n = solver.solve(rho, 0.0, 1.0, tape=tape)
+                rho1, lost, n = solver.solve(rho, 0.0, 1.0, tape=tape, schedule=list(self.schedules[p]))
                 self._check_mass(lost, p)
                 mu = GridMeasure(self.grid, rho1)
                 per[p] = self.loss.value(mu, self.targets[p])

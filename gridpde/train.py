@@ -131,6 +131,11 @@ def train(
         if new is None:
             raise RunError(f"training step {state.step + 1}: every halved step failed: {failure}")
         _check_finite(new, state.step + 1)
+        if spec.backtrack and not new.risk <= res.risk:
+            state.status = "finished"
+            state.message = (f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
+                             f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
+            return state
         w_c = conditional_wasserstein(state.heads, initial)
         # the row is appended whole, so an interrupt never leaves ragged series
         record.append(state.step, res.risk, res.per_prompt, gnorm, lr, w_c, time.perf_counter() - t0)
