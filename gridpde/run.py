@@ -57,14 +57,16 @@ class Progress:
         return time.perf_counter() - self.start
 
 
-def warm_up(report: Report) -> None:
-    """Compile (or load from numba's cache) the kernels, saying so."""
+def warm_up(report: Report, method: str) -> None:
+    """Compile (or load from numba's cache) the method's kernels, saying so."""
     t = time.perf_counter()
     report("compiling kernels (first use only; cached afterwards)...")
     zero = np.zeros((1, 1, 2, 2))
-    grid = Grid((-1.0, -1.0), (1.0, 1.0), (4, 4))
-    GridForward(grid, zero, zero).rhs(np.ones(grid.shape), 0)
-    ParticleForward(zero, zero).velocity(np.zeros((2, 2)), np.full(2, 0.5), 0)
+    if method == "grid":
+        grid = Grid((-1.0, -1.0), (1.0, 1.0), (4, 4))
+        GridForward(grid, zero, zero).rhs(np.ones(grid.shape), 0)
+    else:
+        ParticleForward(zero, zero).velocity(np.zeros((2, 2)), np.full(2, 0.5), 0)
     report(f"kernels ready ({time.perf_counter() - t:.1f} s)")
 
 
@@ -186,7 +188,7 @@ def run_case(
     training = case.train is not None and case.train.steps > 0
     if resume and not training:
         raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")
-    warm_up(report)
+    warm_up(report, runner.name)
     states = runner.initial(case.prompts)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
     depth = snaps.depth
