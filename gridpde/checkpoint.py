@@ -22,14 +22,9 @@ import h5py
 import numpy as np
 
 from gridpde.errors import CaseError
+from gridpde.results import HEAD_DIMS
 from gridpde.train import BLOCKS, TrainRecord, TrainState
 
-HEAD_DIMS = {
-    "Q": ("layer", "head", "head_dim", "dim"),
-    "K": ("layer", "head", "head_dim", "dim"),
-    "V": ("layer", "head", "dim", "dim2"),
-    "B": ("layer", "head", "dim", "dim2"),
-}
 _SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds")
 
 

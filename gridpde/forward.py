@@ -72,7 +72,9 @@ class Tape:
     def add(self, rec: StepRecord) -> None:
         size = rec.start.nbytes
         if rec.stages is not None:
-            stage_bytes = sum(u.nbytes + sum(f.nbytes for f in U) for u, U in rec.stages)
+            # stage 0's input is the start state itself: count it once
+            stage_bytes = sum((u.nbytes if u is not rec.start else 0) + sum(f.nbytes for f in U)
+                              for u, U in rec.stages)
             if self.bytes + size + stage_bytes <= self.budget:
                 size += stage_bytes
             else:

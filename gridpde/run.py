@@ -22,8 +22,8 @@ from gridpde.grid import Grid
 from gridpde.heads import score_matrices
 from gridpde.particles import ParticleForward, prompt_tokens, steps_per_layer, token_moments
 from gridpde.prompts import cell_averages
-from gridpde.checkpoint import HEAD_DIMS, load_checkpoint, train_datasets
-from gridpde.results import write_result
+from gridpde.checkpoint import load_checkpoint, train_datasets
+from gridpde.results import HEAD_DIMS, write_result
 from gridpde.risk import Problem
 from gridpde.train import TrainRecord, TrainState, grad_norm, train
 from gridpde.snapshots import Snapshots
