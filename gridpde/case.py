@@ -27,6 +27,7 @@ Integrator = Literal["euler", "rk4"]
 TokenInit = Literal["quadrature", "sample"]
 Quadrature = Literal["deconvolved", "midpoint"]
 LossKind = Literal["mmd", "potential"]
+TrainScheme = Literal["explicit", "implicit"]
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,21 @@ class LossSpec:
 class TrainSpec:
     """[train]: the conditional Wasserstein gradient flow of the heads.
 
-    ``lr`` is the step in the mean-field scaling (theta -= lr * L * M * dR/dtheta).
+    ``lr`` is the time step in the mean-field scaling: explicit Euler
+    theta -= lr * L * M * dR/dtheta, or (``scheme = "implicit"``) implicit
+    Euler, the proximal (JKO) step solved by at most ``inner_steps`` L-BFGS
+    iterations until the gradient of the proximal objective is below
+    ``inner_tol`` times the gradient at the step's start.
     Stops after ``steps`` steps, or when the risk <= ``risk_tol``, or the
     gradient norm <= ``grad_tol``, or after ``time_limit`` seconds (0: none).
-    ``backtrack``: halve the step (up to 20 times) while the risk would rise.
+    ``backtrack``: halve an explicit step (up to 20 times) while the risk would rise.
     """
 
     steps: int = 100
     lr: float = 0.1
+    scheme: str = "explicit"
+    inner_steps: int = 50
+    inner_tol: float = 1e-6
     checkpoint_every: int = 10
     backtrack: bool = True
     risk_tol: float = 0.0
@@ -456,6 +464,9 @@ _TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "risk_tol": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0"),
     "grad_tol": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0"),
     "time_limit": lambda v, k: _float(v, k, lambda x: x >= 0, "a number >= 0 (seconds; 0: none)"),
+    "scheme": _one_of(TrainScheme),
+    "inner_steps": lambda v, k: _int(v, k, 1),
+    "inner_tol": lambda v, k: _float(v, k, lambda x: 0 <= x < 1, "a number in [0, 1)"),
 }
 assert set(_SOLVER_KEYS) == {f.name for f in fields(SolverSpec)}
 assert set(_OUTPUT_KEYS) == {f.name for f in fields(OutputSpec)}

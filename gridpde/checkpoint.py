@@ -4,7 +4,7 @@ Layout (dimension names for xarray; ``step`` rows are the state before each
 step, a ``checkpoint`` row the heads after that many steps):
 
     /train/step, /train/risk, /train/grad_norm, /train/lr, /train/w_c,
-    /train/seconds                                  (step,)
+    /train/seconds, /train/evaluations              (step,)
     /train/risk_prompt                              (step, prompt)
     /train/checkpoint_step                          (checkpoint,)
     /train/heads/Q, K (checkpoint, layer, head, head_dim, dim); V (..., dim, dim2)
@@ -25,13 +25,14 @@ from gridpde.errors import CaseError
 from gridpde.results import HEAD_DIMS
 from gridpde.train import BLOCKS, TrainRecord, TrainState
 
-_SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds")
+_SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds", "evaluations")
 
 
 def train_datasets(state: TrainState, record: TrainRecord, prompts: int) -> dict:
     """The datasets of a training run, for ``write_result(extra=...)``."""
     out = {f"train/{name}": (np.asarray(getattr(record, name), float), ("step",)) for name in _SERIES}
-    out["train/step"] = (np.asarray(record.step, np.int64), ("step",))
+    for name in ("step", "evaluations"):
+        out[f"train/{name}"] = (np.asarray(getattr(record, name), np.int64), ("step",))
     rp = np.asarray(record.risk_prompt, float).reshape(len(record.step), prompts)
     out["train/risk_prompt"] = (rp, ("step", "prompt"))
     out["train/checkpoint_step"] = (np.asarray(record.checkpoint_step, np.int64), ("checkpoint",))
@@ -66,6 +67,7 @@ def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, Train
         for name in _SERIES:
             setattr(rec, name, list(t[name][()]))
         rec.step = [int(s) for s in rec.step]
+        rec.evaluations = [int(s) for s in rec.evaluations]
         rec.risk_prompt = list(t["risk_prompt"][()])
         rec.checkpoint_step = [int(s) for s in t["checkpoint_step"][()]]
         rec.checkpoint_heads = [

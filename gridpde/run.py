@@ -289,9 +289,10 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
         if time.perf_counter() - last[0] >= 2.0 or st.step == 1:
             last[0] = time.perf_counter()
             report(f"  train step {st.step}  risk {rec.risk[-1]:.4e}  |grad| {rec.grad_norm[-1]:.3e}  "
-                   f"lr {rec.lr[-1]:.3g}  W_c {rec.w_c[-1]:.3e}")
+                   f"lr {rec.lr[-1]:.3g}  W_c {rec.w_c[-1]:.3e}  evaluations {rec.evaluations[-1]}")
 
-    report(f"training: up to {case.train.steps} steps, lr {case.train.lr:g}, {problem.method} method")
+    report(f"training: up to {case.train.steps} {case.train.scheme} steps, lr {case.train.lr:g}, "
+           f"{problem.method} method")
     if not record.checkpoint_step:
         checkpoint(state, record)
     try:

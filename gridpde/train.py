@@ -5,11 +5,24 @@ the gradient of the first variation of the risk (MODEL.md section 5):
 
     d theta_{l,j} / dt = - grad_theta G_l(theta_{l,j}),   grad_theta G_l = L M dR/dtheta_{l,j},
 
-discretised by explicit Euler steps of size ``lr`` (the same step means the
-same thing for every L and M). With ``backtrack`` a step whose risk would
-rise, or whose evaluation fails (mass leaving the box), is halved, up to
-``MAX_HALVINGS`` times; every step starts again from ``lr``. The trial point's gradient is computed with its risk, so an
-accepted step costs one forward and one adjoint pass.
+discretised in time with a step ``lr`` (the same step means the same thing
+for every L and M), by one of two schemes:
+
+- explicit Euler, theta' = theta - lr L M dR/dtheta(theta). With
+  ``backtrack`` a step whose risk would rise, or whose evaluation fails (mass
+  leaving the box), is halved, up to ``MAX_HALVINGS`` times; every step
+  starts again from ``lr``. The trial point's gradient is computed with its
+  risk, so an accepted step costs one forward and one adjoint pass. It is
+  stable only for lr below 2 / (largest eigenvalue of L M Hess R), and the
+  slowest mode decays like exp(-lr * smallest eigenvalue * steps).
+- implicit Euler, theta' = theta - lr L M dR/dtheta(theta'): the proximal
+  (JKO) step theta' = argmin R + |theta' - theta|^2 / (2 lr L M), whose
+  squared distance is the conditional Wasserstein distance of particles that
+  keep their labels. It is stable for every lr and contracts a mode of
+  eigenvalue lam by 1 / (1 + lr lam), so a large lr crosses the slow modes
+  of an ill-conditioned risk in a few steps. The minimisation starts at
+  theta and only accepts points that lower the objective, so the risk never
+  rises: R(theta') <= R(theta) - |theta' - theta|^2 / (2 lr L M).
 
 The loop is a pure function of its state (heads and step number), so a run
 resumed from a checkpoint retraces the uninterrupted run bit for bit.
@@ -30,13 +43,17 @@ from gridpde.risk import Problem, RiskResult
 
 MAX_HALVINGS = 20
 BLOCKS = ("Q", "K", "V")
+LBFGS_MEMORY = 20
+ARMIJO = 1e-4
+NOISE_HALVINGS = 10
+FIRST_MOVE = 0.1  # the first inner step moves the heads by at most this fraction of their norm
 
 
 @dataclass
 class TrainRecord:
     """One row per step: the state before the step and the step taken."""
 
-    ROWS = ("step", "risk", "risk_prompt", "grad_norm", "lr", "w_c", "seconds")
+    ROWS = ("step", "risk", "risk_prompt", "grad_norm", "lr", "w_c", "seconds", "evaluations")
 
     step: list[int] = field(default_factory=list)
     risk: list[float] = field(default_factory=list)
@@ -45,12 +62,13 @@ class TrainRecord:
     lr: list[float] = field(default_factory=list)
     w_c: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    evaluations: list[int] = field(default_factory=list)  # risk-and-gradient evaluations the step took
     # heads at checkpoint steps
     checkpoint_step: list[int] = field(default_factory=list)
     checkpoint_heads: list[dict] = field(default_factory=list)
 
-    def append(self, step, risk, risk_prompt, grad_norm, lr, w_c, seconds) -> None:
-        for name, value in zip(self.ROWS, (step, risk, risk_prompt, grad_norm, lr, w_c, seconds)):
+    def append(self, step, risk, risk_prompt, grad_norm, lr, w_c, seconds, evaluations) -> None:
+        for name, value in zip(self.ROWS, (step, risk, risk_prompt, grad_norm, lr, w_c, seconds, evaluations)):
             getattr(self, name).append(value)
 
     def truncate(self, n: int) -> None:
@@ -106,7 +124,7 @@ def train(
             last good step (the caller saves it).
     """
     L, M = state.heads["V"].shape[:2]
-    scale = L * M
+    step = _implicit_step if spec.scheme == "implicit" else _explicit_step
     t0 = time.perf_counter()
     res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
     _check_finite(res, state.step)
@@ -116,29 +134,14 @@ def train(
         if stop:
             state.status, state.message = "finished", stop
             return state
-        lr = spec.lr
-        for _ in range(MAX_HALVINGS + 1):
-            trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
-            try:
-                new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
-            except RunError as exc:  # e.g. the trial heads push mass out of the box
-                if not spec.backtrack:
-                    raise RunError(f"training step {state.step + 1}: {exc}") from None
-                new, failure = None, str(exc)
-            if new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk)):
-                break
-            lr *= 0.5
-        if new is None:
-            raise RunError(f"training step {state.step + 1}: every halved step failed: {failure}")
-        _check_finite(new, state.step + 1)
-        if spec.backtrack and not new.risk <= res.risk:
-            state.status = "finished"
-            state.message = (f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
-                             f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
+        try:
+            trial, new, lr, evaluations = step(problem, spec, state, res, L * M)
+        except _NoDescent as exc:
+            state.status, state.message = "finished", str(exc)
             return state
         w_c = conditional_wasserstein(state.heads, initial)
         # the row is appended whole, so an interrupt never leaves ragged series
-        record.append(state.step, res.risk, res.per_prompt, gnorm, lr, w_c, time.perf_counter() - t0)
+        record.append(state.step, res.risk, res.per_prompt, gnorm, lr, w_c, time.perf_counter() - t0, evaluations)
         state.step += 1
         state.heads = trial
         res = new
@@ -146,6 +149,126 @@ def train(
             on_step(state, record)
         if checkpoint is not None and state.step % spec.checkpoint_every == 0:
             checkpoint(state, record)
+
+
+class _NoDescent(Exception):
+    """No step lowers the risk: training has nowhere to go."""
+
+
+def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
+    """theta - lr L M grad R, halved while the risk would rise (with ``backtrack``).
+
+    Returns (heads, their risk and gradient, the lr taken, evaluations).
+    Raises _NoDescent when no halved step lowers the risk.
+    """
+    lr = spec.lr
+    for evaluations in range(1, MAX_HALVINGS + 2):
+        trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
+        try:
+            new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
+        except RunError as exc:  # e.g. the trial heads push mass out of the box
+            if not spec.backtrack:
+                raise RunError(f"training step {state.step + 1}: {exc}") from None
+            new, failure = None, str(exc)
+        if new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk)):
+            break
+        lr *= 0.5
+    if new is None:
+        raise RunError(f"training step {state.step + 1}: every halved step failed: {failure}")
+    _check_finite(new, state.step + 1)
+    if spec.backtrack and not new.risk <= res.risk:
+        raise _NoDescent(f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
+                         f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
+    return trial, new, lr, evaluations
+
+
+def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
+    """The proximal step argmin_theta' R(theta') + |theta' - theta|^2 / (2 lr L M), by L-BFGS.
+
+    The objective phi starts at R(theta); an inner iterate is accepted only
+    if it lowers phi by the Armijo fraction of the predicted decrease
+    (halving the step otherwise; a failed evaluation counts as a rise), so
+    the returned heads never have a larger risk. The inner loop stops when
+    |grad phi| <= ``inner_tol`` |grad R(theta)|, after ``inner_steps``
+    iterations, when no halved step lowers phi, or when a quasi-Newton step
+    had to be halved more than ``NOISE_HALVINGS`` times (phi is resolved to
+    its round-off, or the step crossed a kink of the discrete risk). A trial whose risk or
+    gradient is not finite counts as a rise, unless the smallest trial is
+    not finite either (NumericalError).
+
+    Returns like :func:`_explicit_step`; the lr taken is always ``lr``.
+    """
+    shapes = {k: state.heads[k].shape for k in BLOCKS}
+    sizes = np.cumsum([state.heads[k].size for k in BLOCKS])[:-1]
+
+    def flat(d: dict) -> np.ndarray:
+        return np.concatenate([np.ravel(d[k]) for k in BLOCKS])
+
+    def unflat(x: np.ndarray) -> dict:
+        return {k: part.reshape(shapes[k]) for k, part in zip(BLOCKS, np.split(x, sizes))}
+
+    c = 1.0 / (spec.lr * scale)
+    x0 = flat(state.heads)
+    x, cur, phi, g = x0, res, res.risk, flat(res.grad)
+    target = spec.inner_tol * np.linalg.norm(g)
+    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
+    evaluations = 0
+    for _ in range(spec.inner_steps):
+        if np.linalg.norm(g) <= target:
+            break
+        d = -_lbfgs_direction(g, pairs)
+        if g @ d >= 0:  # round-off made the estimate useless: forget it
+            pairs = []
+            d = -g
+        quasi_newton = bool(pairs)
+        if not quasi_newton:  # no curvature known yet: the explicit step, capped
+            d *= min(1.0 / c, FIRST_MOVE * np.linalg.norm(x0) / np.linalg.norm(g))
+        slope = g @ d
+        alpha, accepted = 1.0, None
+        for halvings in range(MAX_HALVINGS + 1):
+            xt = x + alpha * d
+            evaluations += 1
+            try:
+                new = problem.risk_and_grad(*unflat(xt).values())
+                finite = np.isfinite(new.risk) and np.all(np.isfinite(flat(new.grad)))
+            except RunError:  # e.g. mass leaving the box: a rise
+                new, finite = None, True
+            if new is not None and finite:
+                phi_t = new.risk + 0.5 * c * np.sum((xt - x0) ** 2)
+                if phi_t <= phi + ARMIJO * alpha * slope:
+                    accepted = new
+                    break
+            alpha *= 0.5
+        if accepted is None:
+            if not finite:  # even the smallest trial step gives NaN: not a matter of step size
+                _check_finite(new, state.step + 1)
+            break
+        g_t = flat(accepted.grad) + c * (xt - x0)
+        s, y = xt - x, g_t - g
+        if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+            pairs = (pairs + [(s, y, 1.0 / (s @ y))])[-LBFGS_MEMORY:]
+        x, cur, phi, g = xt, accepted, phi_t, g_t
+        if quasi_newton and halvings > NOISE_HALVINGS:  # the quasi-Newton step is wrong by 1000x: noise, or a kink
+            break
+    if cur is res:
+        raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "
+                         "(at round-off or a kink of the discrete risk)")
+    return unflat(x), cur, spec.lr, evaluations
+
+
+def _lbfgs_direction(g: np.ndarray, pairs: list) -> np.ndarray:
+    """H g for the L-BFGS inverse-Hessian estimate from (s, y, 1 / s.y) pairs (two-loop recursion)."""
+    q = g.copy()
+    a = []
+    for s, y, rho in reversed(pairs):
+        a.append(rho * (s @ q))
+        q -= a[-1] * y
+    if pairs:
+        s, y, _ = pairs[-1]
+        q *= (s @ y) / (y @ y)
+    for (s, y, rho), ai in zip(pairs, reversed(a)):
+        q += (ai - rho * (y @ q)) * s
+    return q
 
 
 def _stop_reason(spec: TrainSpec, step: int, risk: float, gnorm: float, elapsed: float) -> str:

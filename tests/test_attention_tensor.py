@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gridpde.attention.tensor import langevin, tensor_velocity, tensor_velocity_numpy
+from gridpde.attention.tensor import EXP_ANCHOR, exp_row, langevin, tensor_velocity, tensor_velocity_numpy
 from gridpde.grid import Grid
 from gridpde.heads import pad3
 from gridpde.prompts import gaussian_cell_averages
@@ -67,3 +67,19 @@ def test_deconvolved_tilted_mean_of_gaussian_is_exact_affine():
         errs[name] = np.abs(out[:, 1:] - (mean + z[:, 1:] @ cov)).max()
     assert errs["midpoint"] > 1e-3  # the O(h^2) bias: S z + z h^2 / 12
     assert errs["deconvolved"] < 1e-10
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 9, 64, 513])
+def test_exp_row_is_exp_to_a_few_ulp(n):
+    """The geometric recurrence with exact anchors: exp to the conditioning of its argument
+    (EXP_ANCHOR steps of eps |z y|), wherever exp(...) > 1e-250."""
+    y = np.linspace(-8.0, 8.0, n) if n > 1 else np.zeros(1)
+    for z in (-40.0, -3.3, -1e-3, 0.0, 0.7, 25.0):
+        e = np.empty(n)
+        top = exp_row(z, y, e)
+        assert z * y[top] == (z * y).max()
+        exact = np.exp(z * y - (z * y).max())
+        big = exact > 1e-250
+        tol = EXP_ANCHOR * 4e-16 * (1 + abs(z) * np.abs(y).max())
+        assert np.all(np.abs(e[big] / exact[big] - 1) <= tol), (n, z)
+        assert np.all(e[~big] <= 1e-249)

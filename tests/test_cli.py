@@ -99,10 +99,11 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.glob("*.toml")))
 def test_example_cases_run(tmp_path, case):
-    """Every example case runs; training cases with their steps capped at 2 (the
-    full runs are the convergence experiment of `gridpde validate`)."""
+    """Every example case runs; training cases with their steps capped at 2 and inner
+    steps at 3 (the full runs are the convergence experiment of `gridpde validate`)."""
     text = (CASES / case).read_text()
     text = re.sub(r"(?m)^steps = \d+", "steps = 2", text)
+    text = re.sub(r"(?m)^inner_steps = \d+", "inner_steps = 3", text)
     path = tmp_path / case
     path.write_text(text)
     out = tmp_path / "out.h5"

@@ -45,6 +45,15 @@ snapshots = 2
 """
 
 
+def _implicit(text: str, **train) -> str:
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in train.items())
+    return text.replace("[train]\n", "[train]\nscheme = \"implicit\"\n" + lines)
+
+
+def _flat(heads: dict) -> np.ndarray:
+    return np.concatenate([np.ravel(heads[k]) for k in "QKV"])
+
+
 def test_conditional_wasserstein_is_an_assignment_per_layer(rng):
     a = dict(zip("QKV", random_heads(3, 4, 2, 2, 1.0, 1)))
     perm = {k: v[:, [2, 0, 3, 1]] for k, v in a.items()}  # heads reordered inside layers
@@ -65,9 +74,12 @@ def test_risk_decreases_monotonically_with_backtracking(tmp_path):
     assert rec.w_c[0] == 0.0 and rec.w_c[-1] > 0.0
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scheme", ["explicit", "implicit"])
+def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch, scheme):
     full = tmp_path / "full.h5"
     text = CASE.format(steps=7, path=full.as_posix())
+    if scheme == "implicit":
+        text = _implicit(text, inner_steps=5)
     case_file = tmp_path / "case.toml"
     case_file.write_text(text)
     assert main(["run", str(case_file), "--no-plot"]) == 0
@@ -89,7 +101,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
         assert f.attrs["status"] == "interrupted" and f["checkpoint/step"][()] == 5
     assert main(["run", str(case_file), "-o", str(cut), "--resume", "--no-plot"]) == 0
     with h5py.File(full) as a, h5py.File(cut) as b:
-        for name in ("risk", "grad_norm", "lr", "w_c", "risk_prompt", "checkpoint_step"):
+        for name in ("risk", "grad_norm", "lr", "w_c", "risk_prompt", "checkpoint_step", "evaluations"):
             assert np.array_equal(a["train"][name][()], b["train"][name][()]), name
         for k in "QKV":
             assert np.array_equal(a["heads"][k][()], b["heads"][k][()])
@@ -97,10 +109,13 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
         assert np.array_equal(a["positions"][()], b["positions"][()])
 
 
-def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("scheme", ["explicit", "implicit"])
+def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, monkeypatch, capsys, scheme):
     out = tmp_path / "nan.h5"
     case_file = tmp_path / "case.toml"
-    case_file.write_text(CASE.format(steps=6, path=out.as_posix()))
+    text = CASE.format(steps=6, path=out.as_posix())
+    # the implicit step's inner loop: 1 evaluation per iteration here, so calls 1 + 2 + ... stay step-aligned
+    case_file.write_text(_implicit(text, inner_steps=1) if scheme == "implicit" else text)
     real = Problem.risk_and_grad
     calls = {"n": 0}
 
@@ -118,3 +133,57 @@ def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, mo
         assert f.attrs["status"] == "nan"
         assert f["checkpoint/step"][()] == 2
         assert np.all(np.isfinite(f["checkpoint/Q"][()]))
+
+
+def test_implicit_step_solves_the_implicit_euler_equation(tmp_path):
+    """theta' = theta - lr L M grad R(theta'), to the inner tolerance, and R(theta') <= R(theta) - |d|^2 / (2 lr L M)."""
+    case = parse_case(_implicit(CASE.format(steps=1, path=tmp_path / "x.h5"), inner_tol=1e-9, inner_steps=200))
+    problem = Problem(case)
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    state = train(problem, case.train, TrainState(0, dict(heads)), heads, TrainRecord())
+    new = problem.risk_and_grad(**state.heads)
+    LM, lr = 4, case.train.lr
+    step = _flat(state.heads) - _flat(heads)
+    residual = step + lr * LM * _flat(new.grad)
+    assert np.linalg.norm(residual) <= 1e-7 * np.linalg.norm(step)
+    assert new.risk <= problem.risk(**heads).risk - step @ step / (2 * lr * LM)
+
+
+def test_implicit_and_explicit_euler_converge_to_the_same_flow_at_order_one(tmp_path):
+    """Both schemes, run to flow time 2 with lr = 0.5, 0.25, 0.125: their gap halves with lr."""
+    gaps = []
+    for lr in (0.5, 0.25, 0.125):
+        ends = []
+        for scheme in ("explicit", "implicit"):
+            text = CASE.format(steps=int(round(2 / lr)), path=tmp_path / "x.h5").replace("lr = 0.5", f"lr = {lr}")
+            if scheme == "implicit":
+                text = _implicit(text, inner_tol=1e-8)
+            case = parse_case(text.replace("[train]\n", "[train]\nbacktrack = false\n"))
+            heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+            state = train(Problem(case), case.train, TrainState(0, dict(heads)), heads, TrainRecord())
+            assert state.step == int(round(2 / lr))
+            ends.append(_flat(state.heads))
+        gaps.append(np.linalg.norm(ends[0] - ends[1]))
+    orders = np.log2(np.array(gaps[:-1]) / np.array(gaps[1:]))
+    assert np.all((orders > 0.95) & (orders < 1.05)), (gaps, orders)
+
+
+def test_implicit_steps_cross_the_slow_modes_explicit_steps_cannot(tmp_path):
+    """Teacher-student from a nearby student: 3 implicit steps with lr = 1e6 take the risk below 1e-6 of its
+    start, monotonically; 30 explicit steps (at their largest stable lr) do not reach 1e-3."""
+    case = parse_case(CASE.format(steps=3, path=tmp_path / "x.h5"))
+    problem = Problem(case)
+    # the student: the teacher's heads plus 0.05 noise
+    rng = np.random.default_rng(0)
+    t = case.loss.teacher
+    heads = {k: getattr(t, k) + 0.05 * rng.standard_normal(getattr(t, k).shape) for k in "QKV"}
+    risk0 = problem.risk(**heads).risk
+    ratios = {}
+    for scheme, steps, lr in (("implicit", 3, 1e6), ("explicit", 30, 2.0)):
+        spec = case.train.__class__(steps=steps, lr=lr, scheme=scheme, inner_steps=60)
+        rec = TrainRecord()
+        state = train(problem, spec, TrainState(0, dict(heads)), heads, rec)
+        risks = np.array(rec.risk + [problem.risk(**state.heads).risk])
+        assert np.all(np.diff(risks) <= 0), scheme
+        ratios[scheme] = risks[-1] / risk0
+    assert ratios["implicit"] < 1e-6 < 1e-3 < ratios["explicit"], ratios

@@ -56,7 +56,7 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.attention.tensor import CHUNK, UNDERFLOW, langevin
+from gridpde.attention.tensor import CHUNK, UNDERFLOW, exp_row, langevin
 
 
 @inline
@@ -93,17 +93,8 @@ def _factor2(z, y, e, ey, eyy):
     Returns:
         o.
     """
-    n = y.shape[0]
-    shift = -np.inf
-    imax = 0
-    for i in range(n):
-        s = z * y[i]
-        if s > shift:
-            shift = s
-            imax = i
-    o = y[imax]
-    for i in range(n):
-        e[i] = np.exp(z * y[i] - shift)
+    o = y[exp_row(z, y, e)]
+    for i in range(y.shape[0]):
         ey[i] = (y[i] - o) * e[i]
         eyy[i] = (y[i] - o) * ey[i]
     return o

@@ -1,0 +1,75 @@
+"""The spectrum of the risk's Hessian at the teacher of a teacher-student case, and what it means for training.
+
+    python scripts/hessian_spectrum.py [cases/teacher_student_1d_near.toml] [--method grid] [--eps 1e-4]
+
+At the planted global minimum the Hessian of R is the Gauss-Newton matrix;
+its eigenvalues (times L M, the mean-field scaling of the flow) are the
+rates of the linearised flow d theta/dt = -L M grad R. The Hessian is formed
+column by column from central differences of the exact gradient (2 n
+gradients for n head entries). Prints the eigenvalues, the expected number of
+zero modes (k^2 per head: Q -> A Q, K -> A^-T K leaves B = K^T Q unchanged),
+and how many steps each time discretisation needs per decade of the
+slowest nonzero mode.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gridpde.case import load_case  # noqa: E402
+from gridpde.risk import Problem  # noqa: E402
+
+BLOCKS = ("Q", "K", "V")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", nargs="?", default="cases/teacher_student_1d_near.toml")
+    ap.add_argument("--method", choices=["grid", "particles"])
+    ap.add_argument("--eps", type=float, default=1e-4, help="finite-difference step on the head entries")
+    args = ap.parse_args(argv)
+    case = load_case(args.case)
+    if case.loss is None or case.loss.teacher is None:
+        sys.exit(f"{args.case}: needs a [loss.teacher] table (the Hessian is taken at the teacher)")
+    problem = Problem(case, args.method)
+    teacher = {k: np.asarray(getattr(case.loss.teacher, k), float) for k in BLOCKS}
+    shapes = {k: v.shape for k, v in teacher.items()}
+    sizes = np.cumsum([v.size for v in teacher.values()])[:-1]
+    L, M, k = shapes["Q"][0], shapes["Q"][1], shapes["Q"][2]
+
+    def gradient(x):
+        parts = {b: p.reshape(shapes[b]) for b, p in zip(BLOCKS, np.split(x, sizes))}
+        res = problem.risk_and_grad(**parts)
+        return np.concatenate([res.grad[b].ravel() for b in BLOCKS]), res.risk
+
+    x0 = np.concatenate([teacher[b].ravel() for b in BLOCKS])
+    g0, r0 = gradient(x0)
+    print(f"{args.case} ({problem.method}): {x0.size} head entries; at the teacher risk {r0:.2e}, |grad| {np.linalg.norm(g0):.2e}")
+    H = np.empty((x0.size, x0.size))
+    for i in range(x0.size):
+        e = np.zeros(x0.size)
+        e[i] = args.eps
+        H[:, i] = (gradient(x0 + e)[0] - gradient(x0 - e)[0]) / (2 * args.eps)
+    asym = np.abs(H - H.T).max() / np.abs(H).max()
+    lam = np.sort(np.linalg.eigvalsh(0.5 * (H + H.T)) * L * M)[::-1]
+    zero = L * M * k * k
+    print(f"eigenvalues of L M Hess R (asymmetry of the difference quotient {asym:.1e}):")
+    print(np.array2string(lam, precision=3, max_line_width=100))
+    live = lam[: lam.size - zero]
+    print(f"resolution: eigenvalues below ~{asym * np.abs(lam).max():.0e} are difference-quotient noise")
+    print(f"expected zero modes {zero} (largest of them {np.abs(lam[lam.size - zero:]).max():.1e}); "
+          f"nonzero modes {live.size} from {live[0]:.3g} down to {live[-1]:.3g}: condition number {live[0] / live[-1]:.3g}")
+    decade = np.log(10.0)
+    lr = 2.0 / live[0]
+    per = -np.log1p(-lr * live[-1])
+    print(f"explicit Euler, lr < 2 / lam_max = {lr:.3g}: >= {decade / per:.3g} steps per decade of the slowest mode")
+    for lr in (1e4, 1e6, 1e8):
+        print(f"implicit Euler, lr = {lr:g}: {decade / np.log1p(lr * live[-1]):.3g} steps per decade of the slowest mode")
+
+
+if __name__ == "__main__":
+    main()
