@@ -36,7 +36,9 @@ class RiskResult:
 
     ``grad`` has keys Q, K, V (shapes of the heads) and B; ``steps`` counts
     the forward depth steps over all prompts; ``recomputed`` the steps the
-    adjoint recomputed for lack of memory.
+    adjoint recomputed for lack of memory; ``doubled`` the prompts whose
+    grid solve had to double its scheduled steps for positivity (the
+    discrete risk jumps where that starts).
     """
 
     risk: float
@@ -44,6 +46,7 @@ class RiskResult:
     grad: dict[str, np.ndarray] | None = None
     steps: int = 0
     recomputed: int = 0
+    doubled: int = 0
 
 
 def make_loss(spec: LossSpec, dim: int):
@@ -149,20 +152,29 @@ class Problem:
         return [(solver.solve(X, w, 0, L * self.substeps), w) for X, w in self.initial]
 
     def _schedules(self) -> list[list[int]]:
-        """Depth steps per layer interval, chosen once from the case's heads.
+        """Depth steps per layer interval, chosen once from the case's heads and the teacher's.
 
         Every later evaluation takes these steps (doubled only where the
         positivity limit demands it), so the discrete risk is a smooth
         function of the heads instead of jumping where a step count would
         change; being set by the case, they are the same after --resume.
+        Per interval the larger count of the two sets of heads is kept: a
+        student trained towards the teacher's velocities then stays inside
+        the schedule instead of crossing a doubling (a jump of the risk
+        that stalls the line search).
         """
         m = self.case.model
-        solver = self._grid_solver(self._B(m.Q, m.K), m.V)
-        schedules = []
-        for rho in self.initial:
-            sched: list[int] = []
-            solver.solve(rho, 0.0, 1.0, schedule=sched)
-            schedules.append(sched)
+        heads = [(m.Q, m.K, m.V)]
+        if self.case.loss.teacher is not None:
+            t = self.case.loss.teacher
+            heads.append((t.Q, t.K, t.V))
+        schedules = [[0] * self.case.model.layers for _ in self.initial]
+        for Q, K, V in heads:
+            solver = self._grid_solver(self._B(Q, K), V)
+            for p, rho in enumerate(self.initial):
+                sched: list[int] = []
+                solver.solve(rho, 0.0, 1.0, schedule=sched)
+                schedules[p] = [max(a, b) for a, b in zip(schedules[p], sched, strict=True)]
         return schedules
 
     def _check_mass(self, lost: float, p: int) -> None:
@@ -186,7 +198,7 @@ class Problem:
         per = np.empty(P)
         B_bar = np.zeros_like(B)
         V_bar = np.zeros_like(V)
-        steps = recomputed = 0
+        steps = recomputed = doubled = 0
         if self.method == "grid":
             solver = self._grid_solver(B, V)
             budget = self.case.solver.adjoint_memory_mb * 2**20
@@ -202,6 +214,7 @@ class Problem:
                 V_bar += Vb
                 steps += n
                 recomputed += tape.recomputed
+                doubled += n > sum(self.schedules[p])
         else:
             solver = self._particle_solver(B, V)
             L = B.shape[0]
@@ -215,4 +228,4 @@ class Problem:
                 V_bar += Vb
                 steps += len(tape)
         grad = heads_gradient(Q, K, B_bar, V_bar, self.case.model.scale_scores)
-        return RiskResult(float(per.mean()), per, grad, steps, recomputed)
+        return RiskResult(float(per.mean()), per, grad, steps, recomputed, doubled)

@@ -288,8 +288,8 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
     def on_step(st: TrainState, rec: TrainRecord) -> None:
         if time.perf_counter() - last[0] >= 2.0 or st.step == 1:
             last[0] = time.perf_counter()
-            report(f"  train step {st.step}  risk {rec.risk[-1]:.4e}  |grad| {rec.grad_norm[-1]:.3e}  "
-                   f"lr {rec.lr[-1]:.3g}  W_c {rec.w_c[-1]:.3e}  evaluations {rec.evaluations[-1]}")
+            report(f"  train step {st.step} taken from risk {rec.risk[-1]:.4e}, |grad| {rec.grad_norm[-1]:.3e}, "
+                   f"W_c {rec.w_c[-1]:.3e}: lr {rec.lr[-1]:.3g}, {rec.evaluations[-1]} evaluation(s)")
 
     report(f"training: up to {case.train.steps} {case.train.scheme} steps, lr {case.train.lr:g}, "
            f"{problem.method} method")

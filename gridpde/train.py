@@ -162,10 +162,12 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     Raises _NoDescent when no halved step lowers the risk.
     """
     lr = spec.lr
+    jump = False
     for evaluations in range(1, MAX_HALVINGS + 2):
         trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
         try:
             new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
+            jump |= new.doubled != res.doubled
         except RunError as exc:  # e.g. the trial heads push mass out of the box
             if not spec.backtrack:
                 raise RunError(f"training step {state.step + 1}: {exc}") from None
@@ -178,7 +180,7 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     _check_finite(new, state.step + 1)
     if spec.backtrack and not new.risk <= res.risk:
         raise _NoDescent(f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
-                         f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
+                         f"{res.risk:.3g} {_why(jump)}")
     return trial, new, lr, evaluations
 
 
@@ -192,9 +194,9 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     |grad phi| <= ``inner_tol`` |grad R(theta)|, after ``inner_steps``
     iterations, when no halved step lowers phi, or when a quasi-Newton step
     had to be halved more than ``NOISE_HALVINGS`` times (phi is resolved to
-    its round-off, or the step crossed a kink of the discrete risk). A trial whose risk or
-    gradient is not finite counts as a rise, unless the smallest trial is
-    not finite either (NumericalError).
+    its round-off, or the step crossed a kink of the discrete risk). A trial
+    whose risk or gradient is not finite counts as a rise, unless the
+    smallest trial is not finite either (NumericalError).
 
     Returns like :func:`_explicit_step`; the lr taken is always ``lr``.
     """
@@ -213,6 +215,7 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     target = spec.inner_tol * np.linalg.norm(g)
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
     evaluations = 0
+    jump = False  # a trial crossed a doubling of the depth steps
     for _ in range(spec.inner_steps):
         if np.linalg.norm(g) <= target:
             break
@@ -229,8 +232,9 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             xt = x + alpha * d
             evaluations += 1
             try:
-                new = problem.risk_and_grad(*unflat(xt).values())
+                new = problem.risk_and_grad(**unflat(xt))
                 finite = np.isfinite(new.risk) and np.all(np.isfinite(flat(new.grad)))
+                jump |= new.doubled != cur.doubled
             except RunError:  # e.g. mass leaving the box: a rise
                 new, finite = None, True
             if new is not None and finite:
@@ -251,9 +255,15 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
         if quasi_newton and halvings > NOISE_HALVINGS:  # the quasi-Newton step is wrong by 1000x: noise, or a kink
             break
     if cur is res:
-        raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "
-                         "(at round-off or a kink of the discrete risk)")
+        raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} {_why(jump)}")
     return unflat(x), cur, spec.lr, evaluations
+
+
+def _why(jump: bool) -> str:
+    if jump:
+        return ("(at a jump of the discrete risk: nearby heads need twice the scheduled depth steps "
+                "for positivity; a smaller solver.cfl gives the schedule room)")
+    return "(at round-off or a kink of the discrete risk)"
 
 
 def _lbfgs_direction(g: np.ndarray, pairs: list) -> np.ndarray:

@@ -114,3 +114,19 @@ def test_gradient_is_zero_at_the_teacher():
     res = problem.risk_and_grad(t.Q, t.K, t.V)
     assert res.risk < 1e-28
     assert max(np.abs(g).max() for g in res.grad.values()) < 1e-14
+
+
+def test_schedule_covers_the_teacher_and_reports_doubling():
+    """The depth steps are fixed from the case's heads and the teacher's (the larger count per layer),
+    and an evaluation whose heads need twice the steps for positivity says so (RiskResult.doubled)."""
+    problem, heads = _problem(CASE_1D)
+    t = problem.case.loss.teacher
+    for Q, K, V in ((heads["Q"], heads["K"], heads["V"]), (t.Q, t.K, t.V)):
+        solver = problem._grid_solver(problem._B(Q, K), V)
+        for p, rho in enumerate(problem.initial):
+            own: list[int] = []
+            solver.solve(rho, 0.0, 1.0, schedule=own)
+            assert all(a >= b for a, b in zip(problem.schedules[p], own))
+        assert problem.risk_and_grad(Q, K, V).doubled == 0
+    fast = problem.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"])
+    assert fast.doubled == len(problem.initial)
