@@ -4,11 +4,12 @@ Layout (dimension names for xarray; ``step`` rows are the state before each
 step, a ``checkpoint`` row the heads after that many steps):
 
     /train/step, /train/risk, /train/grad_norm, /train/lr, /train/w_c,
-    /train/seconds, /train/evaluations              (step,)
+    /train/seconds, /train/evaluations, /train/depth_steps  (step,)
     /train/risk_prompt                              (step, prompt)
     /train/checkpoint_step                          (checkpoint,)
     /train/heads/Q, K (checkpoint, layer, head, head_dim, dim); V (..., dim, dim2)
-    /checkpoint/Q, K, V      the heads to resume from; attrs: step
+    /checkpoint/Q, K, V, step  the heads to resume from
+    /checkpoint/schedules      (prompt, layer) grid depth steps the risk follows
 
 The file is rewritten atomically at every checkpoint (see
 :func:`gridpde.results.write_result`), so the last checkpoint always survives.
@@ -25,13 +26,14 @@ from gridpde.errors import CaseError
 from gridpde.results import HEAD_DIMS
 from gridpde.train import BLOCKS, TrainRecord, TrainState
 
-_SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds", "evaluations")
+_SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds", "evaluations", "depth_steps")
+_COUNTS = ("step", "evaluations", "depth_steps")
 
 
 def train_datasets(state: TrainState, record: TrainRecord, prompts: int) -> dict:
     """The datasets of a training run, for ``write_result(extra=...)``."""
     out = {f"train/{name}": (np.asarray(getattr(record, name), float), ("step",)) for name in _SERIES}
-    for name in ("step", "evaluations"):
+    for name in _COUNTS:
         out[f"train/{name}"] = (np.asarray(getattr(record, name), np.int64), ("step",))
     rp = np.asarray(record.risk_prompt, float).reshape(len(record.step), prompts)
     out["train/risk_prompt"] = (rp, ("step", "prompt"))
@@ -42,6 +44,8 @@ def train_datasets(state: TrainState, record: TrainRecord, prompts: int) -> dict
         out[f"train/heads/{k}"] = (stack, ("checkpoint", *HEAD_DIMS[k]))
         out[f"checkpoint/{k}"] = (state.heads[k], HEAD_DIMS[k])
     out["checkpoint/step"] = (np.int64(state.step), ())
+    if state.schedules is not None:
+        out["checkpoint/schedules"] = (np.asarray(state.schedules, np.int64), ("prompt", "layer"))
     return out
 
 
@@ -62,12 +66,14 @@ def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, Train
                             "resume needs the same case")
         heads = {k: f["checkpoint"][k][()] for k in BLOCKS}
         state = TrainState(int(f["checkpoint"]["step"][()]), heads)
+        if "schedules" in f["checkpoint"]:
+            state.schedules = f["checkpoint"]["schedules"][()].tolist()
         t = f["train"]
         rec = TrainRecord()
         for name in _SERIES:
             setattr(rec, name, list(t[name][()]))
-        rec.step = [int(s) for s in rec.step]
-        rec.evaluations = [int(s) for s in rec.evaluations]
+        for name in _COUNTS:
+            setattr(rec, name, [int(s) for s in getattr(rec, name)])
         rec.risk_prompt = list(t["risk_prompt"][()])
         rec.checkpoint_step = [int(s) for s in t["checkpoint_step"][()]]
         rec.checkpoint_heads = [

@@ -237,7 +237,8 @@ class GridForward:
 
         With a ``tape``, every step is recorded for :mod:`gridpde.adjoint`.
         ``schedule``: steps per layer interval; an empty list is filled with
-        the steps chosen, a filled one is followed (see :meth:`advance`).
+        the steps chosen, a filled one is followed (see :meth:`advance`) and
+        holds the steps taken afterwards (larger where positivity doubled them).
         """
         lost, steps = 0.0, 0
         for i, (a, b, layer) in enumerate(layer_intervals(self.layers, s0, s1)):
@@ -245,6 +246,8 @@ class GridForward:
             rho, out, n = self.advance(rho, a, b, layer, on_step, tape, fixed)
             if schedule is not None and fixed is None:
                 schedule.append(n)
+            elif schedule is not None:
+                schedule[i] = n  # doubled for positivity
             lost += out
             steps += n
         return rho, lost, steps

@@ -36,9 +36,7 @@ class RiskResult:
 
     ``grad`` has keys Q, K, V (shapes of the heads) and B; ``steps`` counts
     the forward depth steps over all prompts; ``recomputed`` the steps the
-    adjoint recomputed for lack of memory; ``doubled`` the prompts whose
-    grid solve had to double its scheduled steps for positivity (the
-    discrete risk jumps where that starts).
+    adjoint recomputed for lack of memory.
     """
 
     risk: float
@@ -46,7 +44,6 @@ class RiskResult:
     grad: dict[str, np.ndarray] | None = None
     steps: int = 0
     recomputed: int = 0
-    doubled: int = 0
 
 
 def make_loss(spec: LossSpec, dim: int):
@@ -93,6 +90,8 @@ class Problem:
         else:
             self.substeps = steps_per_layer(sv.integrator, sv.substeps)
             self.initial = [prompt_tokens(p, sv.tokens, sv.init, sv.seed + i) for i, p in enumerate(case.prompts)]
+        #: counts refinements of the schedules: the discrete risk changed (see _solve)
+        self.version = 0
         self.targets = self._targets()
 
     # ------------------------------------------------------------ measures
@@ -140,12 +139,15 @@ class Problem:
         """
         B = self._B(Q, K)
         if self.method == "grid":
+            version = self.version
             solver = self._grid_solver(B, V)
             outs = []
             for p, rho in enumerate(self.initial):
-                rho1, lost, _ = solver.solve(rho, 0.0, 1.0, schedule=list(self.schedules[p]))
+                rho1, lost, _ = self._solve(solver, p, rho)
                 self._check_mass(lost, p)
                 outs.append(rho1)
+            if self.version != version:  # refined on the way: again, on the new schedules
+                return self.outputs(Q, K, V)
             return outs
         solver = self._particle_solver(B, V)
         L = B.shape[0]
@@ -154,10 +156,11 @@ class Problem:
     def _schedules(self) -> list[list[int]]:
         """Depth steps per layer interval, chosen once from the case's heads and the teacher's.
 
-        Every later evaluation takes these steps (doubled only where the
-        positivity limit demands it), so the discrete risk is a smooth
-        function of the heads instead of jumping where a step count would
-        change; being set by the case, they are the same after --resume.
+        Every later evaluation takes these steps, so the discrete risk is a
+        smooth function of the heads instead of jumping wherever an adaptive
+        step count would change. Where heads need more steps for positivity
+        the schedule is refined for good (see :meth:`_solve`); checkpoints
+        keep it, so --resume follows the same schedules.
         Per interval the larger count of the two sets of heads is kept: a
         student trained towards the teacher's velocities then stays inside
         the schedule instead of crossing a doubling (a jump of the risk
@@ -176,6 +179,34 @@ class Problem:
                 solver.solve(rho, 0.0, 1.0, schedule=sched)
                 schedules[p] = [max(a, b) for a, b in zip(schedules[p], sched, strict=True)]
         return schedules
+
+    @property
+    def depth_steps(self) -> int:
+        """Depth steps of one evaluation over all prompts (grid: the schedule's; particles: fixed)."""
+        if self.method == "grid":
+            return sum(map(sum, self.schedules))
+        return len(self.initial) * self.case.model.layers * self.substeps
+
+    def _solve(self, solver: GridForward, p: int, rho: np.ndarray, tape: Tape | None = None):
+        """Prompt p on its schedule; a doubling for positivity refines the schedule for good.
+
+        A refinement changes the discrete risk (it jumps there), so the
+        targets are recomputed on the new schedule (the teacher keeps zero
+        risk), ``version`` counts it, and the caller evaluates again.
+        """
+        sched = list(self.schedules[p])
+        out = solver.solve(rho, 0.0, 1.0, tape=tape, schedule=sched)
+        if sched != self.schedules[p]:
+            self.use_schedules([sched if q == p else s for q, s in enumerate(self.schedules)])
+        return out
+
+    def use_schedules(self, schedules) -> None:
+        """Follow ``schedules`` (e.g. from a checkpoint); recomputes the targets if they changed."""
+        schedules = [[int(n) for n in s] for s in schedules]
+        if schedules != self.schedules:
+            self.schedules = schedules
+            self.version += 1
+            self.targets = self._targets()
 
     def _check_mass(self, lost: float, p: int) -> None:
         tol = self.case.solver.mass_tol
@@ -198,13 +229,14 @@ class Problem:
         per = np.empty(P)
         B_bar = np.zeros_like(B)
         V_bar = np.zeros_like(V)
-        steps = recomputed = doubled = 0
+        steps = recomputed = 0
+        version = self.version
         if self.method == "grid":
             solver = self._grid_solver(B, V)
             budget = self.case.solver.adjoint_memory_mb * 2**20
             for p, rho in enumerate(self.initial):
                 tape = Tape(budget)
-                rho1, lost, n = solver.solve(rho, 0.0, 1.0, tape=tape, schedule=list(self.schedules[p]))
+                rho1, lost, n = self._solve(solver, p, rho, tape)
                 self._check_mass(lost, p)
                 mu = GridMeasure(self.grid, rho1)
                 per[p] = self.loss.value(mu, self.targets[p])
@@ -214,7 +246,6 @@ class Problem:
                 V_bar += Vb
                 steps += n
                 recomputed += tape.recomputed
-                doubled += n > sum(self.schedules[p])
         else:
             solver = self._particle_solver(B, V)
             L = B.shape[0]
@@ -227,5 +258,7 @@ class Problem:
                 B_bar += Bb
                 V_bar += Vb
                 steps += len(tape)
+        if self.version != version:  # refined on the way: again, on the new schedules
+            return self.risk_and_grad(Q, K, V)
         grad = heads_gradient(Q, K, B_bar, V_bar, self.case.model.scale_scores)
-        return RiskResult(float(per.mean()), per, grad, steps, recomputed, doubled)
+        return RiskResult(float(per.mean()), per, grad, steps, recomputed)

@@ -24,8 +24,13 @@ for every L and M), by one of two schemes:
   theta and only accepts points that lower the objective, so the risk never
   rises: R(theta') <= R(theta) - |theta' - theta|^2 / (2 lr L M).
 
-The loop is a pure function of its state (heads and step number), so a run
-resumed from a checkpoint retraces the uninterrupted run bit for bit.
+On the grid an evaluation may refine the risk's depth-step schedule for
+good (:meth:`gridpde.risk.Problem._solve`): the risk function changed, so
+the step under way is taken again from the same heads on the new risk.
+
+The loop is a pure function of its state (heads, step number and grid
+schedules), so a run resumed from a checkpoint retraces the uninterrupted
+run bit for bit.
 """
 
 from __future__ import annotations
@@ -46,14 +51,15 @@ BLOCKS = ("Q", "K", "V")
 LBFGS_MEMORY = 20
 ARMIJO = 1e-4
 NOISE_HALVINGS = 10
-FIRST_MOVE = 0.1  # the first inner step moves the heads by at most this fraction of their norm
+PROBE = 1e-6  # the curvature probe moves the heads by this fraction of their norm
+FIRST_MOVE = 0.1  # without curvature, an inner step moves the heads by at most this fraction of their norm
 
 
 @dataclass
 class TrainRecord:
     """One row per step: the state before the step and the step taken."""
 
-    ROWS = ("step", "risk", "risk_prompt", "grad_norm", "lr", "w_c", "seconds", "evaluations")
+    ROWS = ("step", "risk", "risk_prompt", "grad_norm", "lr", "w_c", "seconds", "evaluations", "depth_steps")
 
     step: list[int] = field(default_factory=list)
     risk: list[float] = field(default_factory=list)
@@ -63,12 +69,14 @@ class TrainRecord:
     w_c: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     evaluations: list[int] = field(default_factory=list)  # risk-and-gradient evaluations the step took
+    depth_steps: list[int] = field(default_factory=list)  # depth steps of one evaluation (the risk's schedule)
     # heads at checkpoint steps
     checkpoint_step: list[int] = field(default_factory=list)
     checkpoint_heads: list[dict] = field(default_factory=list)
 
-    def append(self, step, risk, risk_prompt, grad_norm, lr, w_c, seconds, evaluations) -> None:
-        for name, value in zip(self.ROWS, (step, risk, risk_prompt, grad_norm, lr, w_c, seconds, evaluations)):
+    def append(self, *row) -> None:
+        """One row, in the order of ``ROWS``."""
+        for name, value in zip(self.ROWS, row, strict=True):
             getattr(self, name).append(value)
 
     def truncate(self, n: int) -> None:
@@ -86,6 +94,7 @@ class TrainState:
     heads: dict
     status: str = "running"
     message: str = ""
+    schedules: list | None = None  # grid depth-step schedules of the risk (refined during training)
 
 
 def grad_norm(grad: dict) -> float:
@@ -126,8 +135,11 @@ def train(
     L, M = state.heads["V"].shape[:2]
     step = _implicit_step if spec.scheme == "implicit" else _explicit_step
     t0 = time.perf_counter()
+    if state.schedules is not None:  # resuming: the risk as it was at the checkpoint
+        problem.use_schedules(state.schedules)
     res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
     _check_finite(res, state.step)
+    spent = 0  # evaluations of steps abandoned because the schedule was refined
     while True:
         gnorm = grad_norm(res.grad)
         stop = _stop_reason(spec, state.step, res.risk, gnorm, time.perf_counter() - t0)
@@ -139,11 +151,19 @@ def train(
         except _NoDescent as exc:
             state.status, state.message = "finished", str(exc)
             return state
+        except _Refined as exc:  # the discrete risk changed under the step: take it again
+            spent += exc.evaluations + 1
+            res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
+            _check_finite(res, state.step)
+            continue
         w_c = conditional_wasserstein(state.heads, initial)
         # the row is appended whole, so an interrupt never leaves ragged series
-        record.append(state.step, res.risk, res.per_prompt, gnorm, lr, w_c, time.perf_counter() - t0, evaluations)
+        record.append(state.step, res.risk, res.per_prompt, gnorm, lr, w_c, time.perf_counter() - t0,
+                      spent + evaluations, problem.depth_steps)
+        spent = 0
         state.step += 1
         state.heads = trial
+        state.schedules = getattr(problem, "schedules", None)
         res = new
         if on_step is not None:
             on_step(state, record)
@@ -155,6 +175,22 @@ class _NoDescent(Exception):
     """No step lowers the risk: training has nowhere to go."""
 
 
+class _Refined(Exception):
+    """An evaluation refined the depth-step schedule: the risk the step compares against changed."""
+
+    def __init__(self, evaluations: int):
+        super().__init__()
+        self.evaluations = evaluations
+
+
+def _evaluate(problem: Problem, heads: dict, version: int, evaluations: int) -> RiskResult:
+    """R and its gradient at ``heads``; _Refined if the schedule is no longer ``version``."""
+    res = problem.risk_and_grad(**heads)
+    if problem.version != version:
+        raise _Refined(evaluations)
+    return res
+
+
 def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
     """theta - lr L M grad R, halved while the risk would rise (with ``backtrack``).
 
@@ -162,12 +198,11 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     Raises _NoDescent when no halved step lowers the risk.
     """
     lr = spec.lr
-    jump = False
+    version = problem.version
     for evaluations in range(1, MAX_HALVINGS + 2):
         trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
         try:
-            new = problem.risk_and_grad(*(trial[k] for k in BLOCKS))
-            jump |= new.doubled != res.doubled
+            new = _evaluate(problem, trial, version, evaluations)
         except RunError as exc:  # e.g. the trial heads push mass out of the box
             if not spec.backtrack:
                 raise RunError(f"training step {state.step + 1}: {exc}") from None
@@ -180,14 +215,16 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     _check_finite(new, state.step + 1)
     if spec.backtrack and not new.risk <= res.risk:
         raise _NoDescent(f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
-                         f"{res.risk:.3g} {_why(jump)}")
+                         f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
     return trial, new, lr, evaluations
 
 
 def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
     """The proximal step argmin_theta' R(theta') + |theta' - theta|^2 / (2 lr L M), by L-BFGS.
 
-    The objective phi starts at R(theta); an inner iterate is accepted only
+    A probe 1e-6 |theta| down the gradient gives the first curvature pair
+    (so the first step has the scale of the stiffest direction along the
+    gradient). The objective phi starts at R(theta); an inner iterate is accepted only
     if it lowers phi by the Armijo fraction of the predicted decrease
     (halving the step otherwise; a failed evaluation counts as a rise), so
     the returned heads never have a larger risk. The inner loop stops when
@@ -215,7 +252,22 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     target = spec.inner_tol * np.linalg.norm(g)
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
     evaluations = 0
-    jump = False  # a trial crossed a doubling of the depth steps
+    version = problem.version
+
+    def remember(s: np.ndarray, y: np.ndarray) -> None:
+        nonlocal pairs
+        if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+            pairs = (pairs + [(s, y, 1.0 / (s @ y))])[-LBFGS_MEMORY:]
+
+    # the first curvature pair: the gradient a short way down -g
+    probe = -PROBE * np.linalg.norm(x0) / np.linalg.norm(g) * g
+    if np.all(np.isfinite(probe)):
+        evaluations += 1
+        try:
+            near = _evaluate(problem, unflat(x0 + probe), version, evaluations)
+            remember(probe, flat(near.grad) + c * probe - g)
+        except RunError:
+            pass
     for _ in range(spec.inner_steps):
         if np.linalg.norm(g) <= target:
             break
@@ -224,7 +276,7 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             pairs = []
             d = -g
         quasi_newton = bool(pairs)
-        if not quasi_newton:  # no curvature known yet: the explicit step, capped
+        if not quasi_newton:  # no curvature known: the explicit step, capped
             d *= min(1.0 / c, FIRST_MOVE * np.linalg.norm(x0) / np.linalg.norm(g))
         slope = g @ d
         alpha, accepted = 1.0, None
@@ -232,9 +284,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             xt = x + alpha * d
             evaluations += 1
             try:
-                new = problem.risk_and_grad(**unflat(xt))
+                new = _evaluate(problem, unflat(xt), version, evaluations)
                 finite = np.isfinite(new.risk) and np.all(np.isfinite(flat(new.grad)))
-                jump |= new.doubled != cur.doubled
             except RunError:  # e.g. mass leaving the box: a rise
                 new, finite = None, True
             if new is not None and finite:
@@ -248,22 +299,14 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
                 _check_finite(new, state.step + 1)
             break
         g_t = flat(accepted.grad) + c * (xt - x0)
-        s, y = xt - x, g_t - g
-        if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
-            pairs = (pairs + [(s, y, 1.0 / (s @ y))])[-LBFGS_MEMORY:]
+        remember(xt - x, g_t - g)
         x, cur, phi, g = xt, accepted, phi_t, g_t
         if quasi_newton and halvings > NOISE_HALVINGS:  # the quasi-Newton step is wrong by 1000x: noise, or a kink
             break
     if cur is res:
-        raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} {_why(jump)}")
+        raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "
+                         "(at round-off or a kink of the discrete risk)")
     return unflat(x), cur, spec.lr, evaluations
-
-
-def _why(jump: bool) -> str:
-    if jump:
-        return ("(at a jump of the discrete risk: nearby heads need twice the scheduled depth steps "
-                "for positivity; a smaller solver.cfl gives the schedule room)")
-    return "(at round-off or a kink of the discrete risk)"
 
 
 def _lbfgs_direction(g: np.ndarray, pairs: list) -> np.ndarray:

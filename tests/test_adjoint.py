@@ -116,9 +116,10 @@ def test_gradient_is_zero_at_the_teacher():
     assert max(np.abs(g).max() for g in res.grad.values()) < 1e-14
 
 
-def test_schedule_covers_the_teacher_and_reports_doubling():
-    """The depth steps are fixed from the case's heads and the teacher's (the larger count per layer),
-    and an evaluation whose heads need twice the steps for positivity says so (RiskResult.doubled)."""
+def test_schedule_covers_the_teacher_and_refines_for_good():
+    """The depth steps are fixed from the case's heads and the teacher's (the larger count per layer);
+    heads that need twice the steps for positivity refine the schedule for good: the targets are
+    recomputed on it (zero risk at the teacher still), and the result is that of the refined risk."""
     problem, heads = _problem(CASE_1D)
     t = problem.case.loss.teacher
     for Q, K, V in ((heads["Q"], heads["K"], heads["V"]), (t.Q, t.K, t.V)):
@@ -127,6 +128,14 @@ def test_schedule_covers_the_teacher_and_reports_doubling():
             own: list[int] = []
             solver.solve(rho, 0.0, 1.0, schedule=own)
             assert all(a >= b for a, b in zip(problem.schedules[p], own))
-        assert problem.risk_and_grad(Q, K, V).doubled == 0
+    before = [list(s) for s in problem.schedules]
     fast = problem.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"])
-    assert fast.doubled == len(problem.initial)
+    refinements = problem.version
+    assert refinements >= 1
+    assert all(a >= 2 * b for s, s0 in zip(problem.schedules, before) for a, b in zip(s, s0))
+    again = problem.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"])
+    assert problem.version == refinements and again.risk == fast.risk
+    fresh, _ = _problem(CASE_1D)
+    fresh.use_schedules(problem.schedules)
+    assert fresh.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"]).risk == fast.risk
+    assert problem.risk_and_grad(t.Q, t.K, t.V).risk < 1e-28

@@ -101,7 +101,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
         assert f.attrs["status"] == "interrupted" and f["checkpoint/step"][()] == 5
     assert main(["run", str(case_file), "-o", str(cut), "--resume", "--no-plot"]) == 0
     with h5py.File(full) as a, h5py.File(cut) as b:
-        for name in ("risk", "grad_norm", "lr", "w_c", "risk_prompt", "checkpoint_step", "evaluations"):
+        for name in ("risk", "grad_norm", "lr", "w_c", "risk_prompt", "checkpoint_step", "evaluations", "depth_steps"):
             assert np.array_equal(a["train"][name][()], b["train"][name][()]), name
         for k in "QKV":
             assert np.array_equal(a["heads"][k][()], b["heads"][k][()])
@@ -114,15 +114,16 @@ def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, mo
     out = tmp_path / "nan.h5"
     case_file = tmp_path / "case.toml"
     text = CASE.format(steps=6, path=out.as_posix())
-    # the implicit step's inner loop: 1 evaluation per iteration here, so calls 1 + 2 + ... stay step-aligned
+    # evaluations per step: explicit 1 trial; implicit (1 inner step) a curvature probe and 1 trial
     case_file.write_text(_implicit(text, inner_steps=1) if scheme == "implicit" else text)
+    first_bad = 4 if scheme == "explicit" else 6  # the first evaluation of step 3
     real = Problem.risk_and_grad
     calls = {"n": 0}
 
     def poisoned(self, Q, K, V):
         calls["n"] += 1
         res = real(self, Q, K, V)
-        if calls["n"] >= 4:  # from the trial of step 3 on: backtracking cannot escape
+        if calls["n"] >= first_bad:  # from step 3 on: backtracking cannot escape
             res.risk = float("nan")
         return res
 
@@ -187,3 +188,43 @@ def test_implicit_steps_cross_the_slow_modes_explicit_steps_cannot(tmp_path):
         assert np.all(np.diff(risks) <= 0), scheme
         ratios[scheme] = risks[-1] / risk0
     assert ratios["implicit"] < 1e-6 < 1e-3 < ratios["explicit"], ratios
+
+
+class _Refining:
+    """A stand-in risk R = a |theta|^2 / 2 whose schedule is refined at one evaluation (a jumps 1 -> 1.5)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls, self.version, self.a = at, 0, 0, 1.0
+
+    @property
+    def depth_steps(self):
+        return 10 * (1 + self.version)
+
+    def risk_and_grad(self, Q, K, V):
+        from gridpde.risk import RiskResult
+
+        self.calls += 1
+        if self.calls == self.at:
+            self.version, self.a = 1, 1.5
+        r = 0.5 * self.a * sum(np.sum(x**2) for x in (Q, K, V))
+        return RiskResult(r, np.array([r]), {"Q": self.a * Q, "K": self.a * K, "V": self.a * V})
+
+
+@pytest.mark.parametrize("scheme", ["explicit", "implicit"])
+def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
+    """The step during which the risk changed is taken again from the same heads, on the new risk;
+    its evaluations are counted, and depth_steps marks where the risk function changed."""
+    from gridpde.case import TrainSpec
+
+    heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
+    problem = _Refining(at=3)
+    rec = TrainRecord()
+    state = train(problem, TrainSpec(steps=3, lr=0.05, scheme=scheme, inner_steps=3),
+                  TrainState(0, dict(heads)), heads, rec)
+    assert state.step == 3
+    if scheme == "explicit":  # 1 evaluation per step: the second step met the refinement
+        assert rec.depth_steps == [10, 20, 20] and rec.evaluations == [1, 3, 1]
+    assert rec.depth_steps[-1] == 20 and np.all(np.diff(rec.depth_steps) >= 0)
+    assert sum(rec.evaluations) == problem.calls - 1  # all but the initial evaluation
+    for d in (10, 20):  # monotone on each risk function
+        assert np.all(np.diff([r for r, k in zip(rec.risk, rec.depth_steps) if k == d]) <= 0)
