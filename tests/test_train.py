@@ -74,11 +74,52 @@ def test_risk_decreases_monotonically_with_backtracking(tmp_path):
     assert rec.w_c[0] == 0.0 and rec.w_c[-1] > 0.0
 
 
-@pytest.mark.parametrize("scheme", ["explicit", "implicit"])
-def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch, scheme):
+GRID_CASE = """
+dim = 1
+[grid]
+lower = [-12.0]
+upper = [12.0]
+cells = [96]
+[model]
+layers = 2
+heads = 2
+head_dim = 1
+init = {{ scale = 0.7, seed = 1 }}
+[[prompts]]
+kind = "gaussian"
+mean = [0.3]
+cov = [[0.6]]
+[[prompts]]
+kind = "mixture"
+weights = [0.5, 0.5]
+means = [[-1.0], [1.2]]
+covs = [[[0.3]], [[0.4]]]
+[loss]
+kind = "mmd"
+sigma = 0.8
+[loss.teacher]
+init = {{ scale = 0.7, seed = 2 }}
+[solver]
+scheme = "upwind"
+time = "euler"
+mass_tol = 1e-2
+[train]
+steps = {steps}
+lr = 40.0
+checkpoint_every = 2
+[output]
+path = "{path}"
+snapshots = 2
+"""
+
+
+@pytest.mark.parametrize("variant", ["explicit", "implicit", "grid-refining"])
+def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch, variant):
+    """The grid case's first trial steps (lr 40) need twice the depth steps: the schedule the
+    resumed run follows comes from the checkpoint."""
     full = tmp_path / "full.h5"
-    text = CASE.format(steps=7, path=full.as_posix())
-    if scheme == "implicit":
+    text = (GRID_CASE if variant == "grid-refining" else CASE).format(steps=7, path=full.as_posix())
+    if variant == "implicit":
         text = _implicit(text, inner_steps=5)
     case_file = tmp_path / "case.toml"
     case_file.write_text(text)
@@ -106,7 +147,11 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
         for k in "QKV":
             assert np.array_equal(a["heads"][k][()], b["heads"][k][()])
             assert np.array_equal(a["train/heads"][k][()], b["train/heads"][k][()])
-        assert np.array_equal(a["positions"][()], b["positions"][()])
+        state = "density" if variant == "grid-refining" else "positions"
+        assert np.array_equal(a[state][()], b[state][()])
+        if variant == "grid-refining":
+            assert a["train/depth_steps"][0] > Problem(parse_case(text)).depth_steps
+            assert np.array_equal(a["checkpoint/schedules"][()], b["checkpoint/schedules"][()])
 
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
