@@ -1,6 +1,11 @@
 """The spectrum of the risk's Hessian at the teacher of a teacher-student case, and what it means for training.
 
     python scripts/hessian_spectrum.py [cases/teacher_student_1d_near.toml] [--method grid] [--eps 1e-4]
+                                       [--heads RESULT.h5]
+
+With ``--heads`` the Hessian is taken at the final heads of a result file
+instead (e.g. where a training run stopped: a negative eigenvalue means a
+saddle, none means a local minimum up to the resolution).
 
 At the planted global minimum the Hessian of R is the Gauss-Newton matrix;
 its eigenvalues (times L M, the mean-field scaling of the flow) are the
@@ -16,6 +21,7 @@ import argparse
 import os
 import sys
 
+import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -31,12 +37,16 @@ def main(argv=None):
     ap.add_argument("case", nargs="?", default="cases/teacher_student_1d_near.toml")
     ap.add_argument("--method", choices=["grid", "particles"])
     ap.add_argument("--eps", type=float, default=1e-4, help="finite-difference step on the head entries")
+    ap.add_argument("--heads", metavar="RESULT.h5", help="take the Hessian at this result's heads")
     args = ap.parse_args(argv)
     case = load_case(args.case)
     if case.loss is None or case.loss.teacher is None:
         sys.exit(f"{args.case}: needs a [loss.teacher] table (the Hessian is taken at the teacher)")
     problem = Problem(case, args.method)
     teacher = {k: np.asarray(getattr(case.loss.teacher, k), float) for k in BLOCKS}
+    if args.heads:
+        with h5py.File(args.heads, "r") as f:
+            teacher = {k: f["heads"][k][()].reshape(teacher[k].shape) for k in BLOCKS}
     shapes = {k: v.shape for k, v in teacher.items()}
     sizes = np.cumsum([v.size for v in teacher.values()])[:-1]
     L, M, k = shapes["Q"][0], shapes["Q"][1], shapes["Q"][2]
@@ -48,7 +58,9 @@ def main(argv=None):
 
     x0 = np.concatenate([teacher[b].ravel() for b in BLOCKS])
     g0, r0 = gradient(x0)
-    print(f"{args.case} ({problem.method}): {x0.size} head entries; at the teacher risk {r0:.2e}, |grad| {np.linalg.norm(g0):.2e}")
+    where = args.heads or "the teacher"
+    print(f"{args.case} ({problem.method}): {x0.size} head entries; at {where} risk {r0:.2e}, "
+          f"|grad| {np.linalg.norm(g0):.2e}")
     H = np.empty((x0.size, x0.size))
     for i in range(x0.size):
         e = np.zeros(x0.size)
@@ -62,6 +74,8 @@ def main(argv=None):
     resolution = asym * np.abs(lam).max()
     print(f"resolution: eigenvalues below ~{resolution:.0e} are difference-quotient noise "
           "(or kinks of the discrete risk, e.g. upwind faces where u changes sign)")
+    verdict = "a saddle" if lam[-1] < -resolution else "no negative curvature beyond the resolution"
+    print(f"smallest eigenvalue {lam[-1]:.2e}: {verdict}")
     live = lam[: lam.size - zero]
     resolved = live[live > resolution]
     print(f"expected zero modes {zero} (largest of them {np.abs(lam[lam.size - zero:]).max():.1e}); "

@@ -289,6 +289,7 @@ SLOW = {
     "train-2d-near-grid": training_convergence(2, "near", "grid", 1e-6),
     "train-2d-near-particles": training_convergence(2, "near", "particles", 1e-6),
     "train-1d-random-grid": training_convergence(1, "random", "grid"),
+    "train-1d-random-particles": training_convergence(1, "random", "particles"),
     "train-2d-random-grid": training_convergence(2, "random", "grid"),
     # the explicit flow on case (a), for contrast: 1000 steps at its largest stable lr
     "train-1d-near-grid-explicit": training_convergence(1, "near", "grid", scheme="explicit", lr=2.0, steps=1000),
