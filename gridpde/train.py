@@ -215,7 +215,7 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     _check_finite(new, state.step + 1)
     if spec.backtrack and not new.risk <= res.risk:
         raise _NoDescent(f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
-                         f"{res.risk:.3g} (at round-off or a kink of the discrete risk)")
+                         f"{res.risk:.3g} (stationary to round-off, or at a kink of the discrete risk)")
     return trial, new, lr, evaluations
 
 
@@ -224,8 +224,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
 
     A probe 1e-6 |theta| down the gradient gives the first curvature pair
     (so the first step has the scale of the stiffest direction along the
-    gradient). The objective phi starts at R(theta); an inner iterate is accepted only
-    if it lowers phi by the Armijo fraction of the predicted decrease
+    gradient). The objective phi starts at R(theta); an inner iterate is
+    accepted only if it lowers phi by the Armijo fraction of the predicted decrease
     (halving the step otherwise; a failed evaluation counts as a rise), so
     the returned heads never have a larger risk. The inner loop stops when
     |grad phi| <= ``inner_tol`` |grad R(theta)|, after ``inner_steps``
@@ -305,7 +305,7 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             break
     if cur is res:
         raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "
-                         "(at round-off or a kink of the discrete risk)")
+                         "(stationary to round-off, or at a kink of the discrete risk)")
     return unflat(x), cur, spec.lr, evaluations
 
 
