@@ -4,8 +4,9 @@
                                        [--heads RESULT.h5]
 
 With ``--heads`` the Hessian is taken at the final heads of a result file
-instead (e.g. where a training run stopped: a negative eigenvalue means a
-saddle, none means a local minimum up to the resolution).
+instead (e.g. where a training run stopped: if the gradient is zero there,
+a negative eigenvalue means a saddle, none a local minimum up to the
+resolution).
 
 At the planted global minimum the Hessian of R is the Gauss-Newton matrix;
 its eigenvalues (times L M, the mean-field scaling of the flow) are the
@@ -74,7 +75,8 @@ def main(argv=None):
     resolution = asym * np.abs(lam).max()
     print(f"resolution: eigenvalues below ~{resolution:.0e} are difference-quotient noise "
           "(or kinks of the discrete risk, e.g. upwind faces where u changes sign)")
-    verdict = "a saddle" if lam[-1] < -resolution else "no negative curvature beyond the resolution"
+    verdict = ("negative curvature (at a stationary point: a saddle)" if lam[-1] < -resolution
+               else "no negative curvature beyond the resolution (at a stationary point: a local minimum)")
     print(f"smallest eigenvalue {lam[-1]:.2e}: {verdict}")
     live = lam[: lam.size - zero]
     resolved = live[live > resolution]
