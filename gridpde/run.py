@@ -285,7 +285,13 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
 
     last = [time.perf_counter()]
 
+    depth = [record.depth_steps[-1] if record.depth_steps else problem.depth_steps]
+
     def on_step(st: TrainState, rec: TrainRecord) -> None:
+        if rec.depth_steps[-1] != depth[0]:
+            report(f"  train step {st.step}: depth steps refined for positivity, {depth[0]} -> "
+                   f"{rec.depth_steps[-1]} per evaluation (the discrete risk changed; the step was retaken)")
+            depth[0] = rec.depth_steps[-1]
         if time.perf_counter() - last[0] >= 2.0 or st.step == 1:
             last[0] = time.perf_counter()
             report(f"  train step {st.step} taken from risk {rec.risk[-1]:.4e}, |grad| {rec.grad_norm[-1]:.3e}, "
