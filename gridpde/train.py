@@ -38,6 +38,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -115,6 +116,7 @@ def train(
     *,
     on_step: Callable[[TrainState, TrainRecord], None] | None = None,
     checkpoint: Callable[[TrainState, TrainRecord], None] | None = None,
+    on_inner: Callable[[int, int, float], None] | None = None,
 ) -> TrainState:
     """Run the flow from ``state`` until a stop criterion; returns the final state.
 
@@ -127,13 +129,16 @@ def train(
         on_step: called after every step (progress).
         checkpoint: called every ``checkpoint_every`` steps, with the state
             at that step, to save it.
+        on_inner: called inside an implicit step after every accepted inner
+            iterate, with (the step's number, its evaluations so far, the
+            iterate's risk): progress within a step that may take minutes.
 
     Raises:
         NumericalError: NaN in the risk or gradient; ``state`` is left at the
             last good step (the caller saves it).
     """
     L, M = state.heads["V"].shape[:2]
-    step = _implicit_step if spec.scheme == "implicit" else _explicit_step
+    step = partial(_implicit_step, on_inner=on_inner) if spec.scheme == "implicit" else _explicit_step
     t0 = time.perf_counter()
     if state.schedules is not None:  # resuming: the risk as it was at the checkpoint
         problem.use_schedules(state.schedules)
@@ -219,7 +224,8 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     return trial, new, lr, evaluations
 
 
-def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
+def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int,
+                   on_inner: Callable[[int, int, float], None] | None = None):
     """The proximal step argmin_theta' R(theta') + |theta' - theta|^2 / (2 lr L M), by L-BFGS.
 
     A probe 1e-6 |theta| down the gradient gives the first curvature pair
@@ -301,6 +307,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
         g_t = flat(accepted.grad) + c * (xt - x0)
         remember(xt - x, g_t - g)
         x, cur, phi, g = xt, accepted, phi_t, g_t
+        if on_inner is not None:
+            on_inner(state.step + 1, evaluations, cur.risk)
         if quasi_newton and halvings > NOISE_HALVINGS:  # the quasi-Newton step is wrong by 1000x: noise, or a kink
             break
     if cur is res:

@@ -273,3 +273,21 @@ def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
     assert sum(rec.evaluations) == problem.calls - 1  # all but the initial evaluation
     for d in (10, 20):  # monotone on each risk function
         assert np.all(np.diff([r for r, k in zip(rec.risk, rec.depth_steps) if k == d]) <= 0)
+
+
+def test_implicit_steps_report_their_inner_iterates(tmp_path):
+    """on_inner sees every accepted inner iterate: the step's number, its evaluations so far, its risk
+    (the objective falls, not necessarily the risk; the last iterate is the step's result)."""
+    case = parse_case(_implicit(CASE.format(steps=2, path=tmp_path / "x.h5"), inner_steps=6))
+    problem = Problem(case)
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    seen: list[tuple[int, int, float]] = []
+    rec = TrainRecord()
+    state = train(problem, case.train, TrainState(0, dict(heads)), heads, rec, on_inner=lambda *a: seen.append(a))
+    after = rec.risk[1:] + [problem.risk(**state.heads).risk]
+    for step in (1, 2):
+        inner = [(e, r) for s, e, r in seen if s == step]
+        assert 1 < len(inner) <= 6
+        evaluations, risks = map(np.array, zip(*inner))
+        assert np.all(np.diff(evaluations) > 0) and evaluations[-1] == rec.evaluations[step - 1]
+        assert risks[-1] == after[step - 1] < rec.risk[step - 1]
