@@ -297,12 +297,18 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
             report(f"  train step {st.step} taken from risk {rec.risk[-1]:.4e}, |grad| {rec.grad_norm[-1]:.3e}, "
                    f"W_c {rec.w_c[-1]:.3e}: lr {rec.lr[-1]:.3g}, {rec.evaluations[-1]} evaluation(s)")
 
+    def on_inner(step: int, evaluations: int, risk: float) -> None:
+        if time.perf_counter() - last[0] >= 2.0:
+            last[0] = time.perf_counter()
+            report(f"  train step {step} under way: {evaluations} evaluation(s), inner iterate at risk {risk:.4e}")
+
     report(f"training: up to {case.train.steps} {case.train.scheme} steps, lr {case.train.lr:g}, "
            f"{problem.method} method")
     if not record.checkpoint_step:
         checkpoint(state, record)
     try:
-        state = train(problem, case.train, state, initial, record, on_step=on_step, checkpoint=checkpoint)
+        state = train(problem, case.train, state, initial, record, on_step=on_step, checkpoint=checkpoint,
+                      on_inner=on_inner)
     except BaseException:
         checkpoint(state, record, history=False)
         raise
