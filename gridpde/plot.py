@@ -43,7 +43,7 @@ def plot_result(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
     with h5py.File(path, "r") as f:
         if "train" in f and len(f["train/step"]) > 0:
             figures["training"] = _training(f["train"])
-            figures["heads"] = _head_paths(f["train"], f["heads"]["B"].shape[-1])
+            figures["heads"] = _head_paths(f["train"], f["heads"]["B"].shape[-1], f.get("teacher"))
         if "targets" in f:
             figures |= _versus_targets(f["targets"], snaps, done)
     written = []
@@ -168,8 +168,12 @@ def _training(t: h5py.Group) -> Figure:
     return fig
 
 
-def _head_paths(t: h5py.Group, d: int) -> Figure:
-    """Entries of B = K^T Q and V of every head against the checkpoint step, one row per layer."""
+def _head_paths(t: h5py.Group, d: int, teacher: h5py.Group | None = None) -> Figure:
+    """Entries of B = K^T Q and V of every head against the checkpoint step, one row per layer.
+
+    With ``teacher`` (/teacher), its entries are dashed grey lines: heads are exchangeable inside
+    a layer, so a student head may end on any teacher head's line, or on none.
+    """
     steps = t["checkpoint_step"][()]
     Q, K, V = (t["heads"][k][()] for k in "QKV")
     B = np.swapaxes(K, -1, -2) @ Q
@@ -178,12 +182,16 @@ def _head_paths(t: h5py.Group, d: int) -> Figure:
     for layer in range(L):
         for col, (name, arr) in enumerate((("B", B), ("V", V))):
             ax = axes[2 * layer + col]
+            if teacher is not None:
+                for value in np.ravel(teacher[name][layer]):
+                    ax.axhline(value, color="0.6", ls="--", lw=1)
             for j in range(M):
                 for a in range(d):
                     for b in range(d):
                         ax.plot(steps, arr[:, layer, j, a, b], f"C{j}-", lw=1)
-            ax.set_title(f"layer {layer}: entries of {name} (colour = head)")
+            ax.set_title(f"layer {layer}: entries of {name}")
             ax.set_xlabel("step")
+    fig.suptitle("colour = head" + (", dashed = teacher" if teacher is not None else ""))
     return fig
 
 

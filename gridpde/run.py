@@ -220,6 +220,7 @@ def run_case(
             _check_mass(snaps.mass_out[p, 0], sv.mass_tol, p, 0.0)
         if case.loss is not None:
             problem = Problem(case, runner.name)  # runs the teacher, if any
+            extra.update(teacher_datasets(case))
         if training:
             heads = _train(case, problem, heads, out, resume, extra, save, report, attrs)
         runner.use_heads(score_matrices(heads["Q"], heads["K"], m.scale_scores), heads["V"])
@@ -333,6 +334,15 @@ def target_datasets(problem: Problem) -> dict:
         pos[p, : len(t.weights)] = t.points
         wts[p, : len(t.weights)] = t.weights
     return {"targets/positions": (pos, ("prompt", "token", "dim")), "targets/weights": (wts, ("prompt", "token"))}
+
+
+def teacher_datasets(case: Case) -> dict:
+    """/teacher/{Q,K,V,B}: the heads that made the targets, if a teacher did."""
+    t = case.loss.teacher
+    if t is None:
+        return {}
+    heads = {"Q": t.Q, "K": t.K, "V": t.V, "B": score_matrices(t.Q, t.K, case.model.scale_scores)}
+    return {f"teacher/{k}": (v, HEAD_DIMS[k]) for k, v in heads.items()}
 
 
 def risk_datasets(res) -> dict:

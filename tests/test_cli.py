@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from gridpde.case import load_case
 from gridpde.cli import main
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -112,3 +113,8 @@ def test_example_cases_run(tmp_path, case):
         assert f.attrs["status"] == "finished"
         if "[train]" in text:
             assert len(f["train/risk"]) == 2
+        if "[loss.teacher]" in text:  # the heads that made the targets, for comparison
+            t = load_case(path).loss.teacher
+            for k in "QKV":
+                assert np.array_equal(f["teacher"][k][()], getattr(t, k))
+            np.testing.assert_allclose(f["teacher/B"][()], np.swapaxes(t.K, -1, -2) @ t.Q, rtol=1e-15)
