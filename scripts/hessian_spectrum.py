@@ -6,7 +6,8 @@
 With ``--heads`` the Hessian is taken at the final heads of a result file
 instead (e.g. where a training run stopped: if the gradient is zero there,
 a negative eigenvalue means a saddle, none a local minimum up to the
-resolution).
+resolution). On the grid the risk is that of the depth-step schedule
+training ended on (``/checkpoint/schedules``), not the case's initial one.
 
 At the planted global minimum the Hessian of R is the Gauss-Newton matrix;
 its eigenvalues (times L M, the mean-field scaling of the flow) are the
@@ -45,9 +46,14 @@ def main(argv=None):
         sys.exit(f"{args.case}: needs a [loss.teacher] table (the Hessian is taken at the teacher)")
     problem = Problem(case, args.method)
     teacher = {k: np.asarray(getattr(case.loss.teacher, k), float) for k in BLOCKS}
+    stored = None
     if args.heads:
         with h5py.File(args.heads, "r") as f:
             teacher = {k: f["heads"][k][()].reshape(teacher[k].shape) for k in BLOCKS}
+            if problem.method == "grid" and "checkpoint/schedules" in f:  # the discrete risk training ended on
+                problem.use_schedules(f["checkpoint/schedules"][()])
+            if "risk" in f and f.attrs["method"] == problem.method:
+                stored = float(f["risk"][()])
     shapes = {k: v.shape for k, v in teacher.items()}
     sizes = np.cumsum([v.size for v in teacher.values()])[:-1]
     L, M, k = shapes["Q"][0], shapes["Q"][1], shapes["Q"][2]
@@ -62,6 +68,9 @@ def main(argv=None):
     where = args.heads or "the teacher"
     print(f"{args.case} ({problem.method}): {x0.size} head entries; at {where} risk {r0:.2e}, "
           f"|grad| {np.linalg.norm(g0):.2e}")
+    if stored is not None and not np.isclose(r0, stored, rtol=1e-9, atol=0.0):
+        print(f"warning: the result file's /risk is {stored:.6e}: this is not the risk its run trained "
+              "(another case file or solver?)")
     H = np.empty((x0.size, x0.size))
     for i in range(x0.size):
         e = np.zeros(x0.size)
