@@ -138,8 +138,12 @@ def train(
             last good step (the caller saves it).
     """
     L, M = state.heads["V"].shape[:2]
-    step = partial(_implicit_step, on_inner=on_inner) if spec.scheme == "implicit" else _explicit_step
     t0 = time.perf_counter()
+    deadline = t0 + spec.time_limit if spec.time_limit else None
+    if spec.scheme == "implicit":
+        step = partial(_implicit_step, on_inner=on_inner, deadline=deadline)
+    else:
+        step = _explicit_step
     if state.schedules is not None:  # resuming: the risk as it was at the checkpoint
         problem.use_schedules(state.schedules)
     res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
@@ -225,7 +229,7 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
 
 
 def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int,
-                   on_inner: Callable[[int, int, float], None] | None = None):
+                   on_inner: Callable[[int, int, float], None] | None = None, deadline: float | None = None):
     """The proximal step argmin_theta' R(theta') + |theta' - theta|^2 / (2 lr L M), by L-BFGS.
 
     A probe 1e-6 |theta| down the gradient gives the first curvature pair
@@ -237,7 +241,9 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     |grad phi| <= ``inner_tol`` |grad R(theta)|, after ``inner_steps``
     iterations, when no halved step lowers phi, or when a quasi-Newton step
     had to be halved more than ``NOISE_HALVINGS`` times (phi is resolved to
-    its round-off, or the step crossed a kink of the discrete risk). A trial
+    its round-off, or the step crossed a kink of the discrete risk), or at
+    the first accepted iterate past ``deadline`` (the time limit: the step
+    is then a partial solve, a decrease of phi all the same). A trial
     whose risk or gradient is not finite counts as a rise, unless the
     smallest trial is not finite either (NumericalError).
 
@@ -310,6 +316,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
         if on_inner is not None:
             on_inner(state.step + 1, evaluations, cur.risk)
         if quasi_newton and halvings > NOISE_HALVINGS:  # the quasi-Newton step is wrong by 1000x: noise, or a kink
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
             break
     if cur is res:
         raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "

@@ -291,3 +291,26 @@ def test_implicit_steps_report_their_inner_iterates(tmp_path):
         evaluations, risks = map(np.array, zip(*inner))
         assert np.all(np.diff(evaluations) > 0) and evaluations[-1] == rec.evaluations[step - 1]
         assert risks[-1] == after[step - 1] < rec.risk[step - 1]
+
+
+def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_path, monkeypatch):
+    """Past the time limit the inner solve keeps its last accepted iterate (a decrease all the same) and stops.
+    A clock that ticks 1 s per reading: the limit of 3.5 s falls inside the first step."""
+    import dataclasses
+    import itertools
+
+    case = parse_case(_implicit(CASE.format(steps=5, path=tmp_path / "x.h5"), inner_steps=50))
+    problem = Problem(case)
+    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    inner = {}
+    for limit in (0.0, 3.5):
+        clock = itertools.count()
+        monkeypatch.setattr(train_module.time, "perf_counter", lambda c=clock: float(next(c)))
+        seen: list = []
+        spec = dataclasses.replace(case.train, time_limit=limit, steps=1 if limit == 0 else 5)
+        rec = TrainRecord()
+        state = train(problem, spec, TrainState(0, dict(heads)), heads, rec, on_inner=lambda *a: seen.append(a))
+        assert state.step == 1 and problem.risk(**state.heads).risk < rec.risk[0]
+        inner[limit] = len(seen)
+    assert state.message.startswith("time limit 3.5 s")
+    assert 1 <= inner[3.5] <= 3 < inner[0.0]
