@@ -37,10 +37,28 @@ class Convergence:
     w_c_teacher: float  # distance from the teacher at the end
     seconds: float
     message: str  # why training stopped
+    flow_time: float  # flow time t at which the risk first fell to ratio * risk0 (inf: never)
+    heads: dict  # where training ended
 
     @property
     def ratio(self) -> float:
         return self.risk / self.risk0
+
+
+def crossing_time(risks: np.ndarray, lrs: np.ndarray, level: float) -> float:
+    """The flow time at which the risk first falls to ``level``, interpolated in log risk within the step.
+
+    ``risks`` are the risks at the flow times 0, lrs[0], lrs[0] + lrs[1], ... (one more than ``lrs``).
+    """
+    below = np.flatnonzero(risks <= level)
+    if below.size == 0:
+        return float("inf")
+    k = below[0]
+    if k == 0:
+        return 0.0
+    times = np.concatenate([[0.0], np.cumsum(lrs)])
+    frac = np.log(risks[k - 1] / level) / np.log(risks[k - 1] / risks[k])
+    return float(times[k - 1] + frac * (times[k] - times[k - 1]))
 
 
 def teacher_student(dim: int, variant: str, method: str, ratio: float = 1e-6, **train) -> Convergence:
@@ -62,4 +80,4 @@ def teacher_student(dim: int, variant: str, method: str, ratio: float = 1e-6, **
     return Convergence(state.step, int(sum(rec.evaluations)), risk0, final, bool(np.all(np.diff(risks) <= 0)),
                        conditional_wasserstein(state.heads, heads),
                        conditional_wasserstein(state.heads, teacher), rec.seconds[-1] if rec.seconds else 0.0,
-                       state.message)
+                       state.message, crossing_time(risks, np.array(rec.lr), ratio * risk0), state.heads)
