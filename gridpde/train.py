@@ -158,7 +158,7 @@ def train(
         try:
             trial, new, lr, evaluations = step(problem, spec, state, res, L * M)
         except _NoDescent as exc:
-            state.status, state.message = "finished", str(exc)
+            state.status, state.message = "finished", f"{exc}; |grad| {gnorm:.3g}"
             return state
         except _Refined as exc:  # the discrete risk changed under the step: take it again
             spent += exc.evaluations + 1

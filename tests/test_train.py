@@ -314,3 +314,31 @@ def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_pa
         inner[limit] = len(seen)
     assert state.message.startswith("time limit 3.5 s")
     assert 1 <= inner[3.5] <= 3 < inner[0.0]
+
+
+class _Uphill:
+    """R = 1 + |theta|^2 / 2 with the gradient's sign flipped: every step down the "gradient" goes up
+    (what a kink of the discrete risk looks like to a line search)."""
+
+    version, depth_steps = 0, 1
+
+    def risk_and_grad(self, Q, K, V):
+        from gridpde.risk import RiskResult
+
+        r = 1.0 + 0.5 * sum(np.sum(x**2) for x in (Q, K, V))
+        return RiskResult(r, np.array([r]), {"Q": -Q, "K": -K, "V": -V})
+
+
+@pytest.mark.parametrize("scheme", ["explicit", "implicit"])
+def test_training_stops_where_no_step_lowers_the_risk_and_says_so(scheme):
+    """No trial point lowers the risk: training stops there, naming the gradient norm, instead of
+    accepting a worse point."""
+    from gridpde.case import TrainSpec
+
+    heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
+    rec = TrainRecord()
+    state = train(_Uphill(), TrainSpec(steps=5, lr=0.5, scheme=scheme, inner_steps=3),
+                  TrainState(0, dict(heads)), heads, rec)
+    assert state.step == 0 and not rec.risk and all(np.array_equal(state.heads[k], heads[k]) for k in "QKV")
+    gnorm = np.sqrt(sum(np.sum(v**2) for v in heads.values()))
+    assert "lowers the risk" in state.message and state.message.endswith(f"|grad| {gnorm:.3g}")
