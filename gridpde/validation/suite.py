@@ -207,13 +207,16 @@ def training_convergence(dim, variant, method, ratio_max=None, **train) -> Calla
     return study
 
 
-def training_flow_time(dim, method, runs, tol=0.05) -> Callable[[], Iterator[Check]]:
+def training_flow_time(dim, method, lrs, explicit_lr, tol=0.05) -> Callable[[], Iterator[Check]]:
     """Case (a) with time steps small next to the flow time: the flow itself reaches 1e-6 of the initial risk.
 
-    Both Euler schemes follow the flow to order 1 in lr, so the flow time at which the risk falls to 1e-6
-    of its start, and the heads the runs end at, must depend neither on the scheme nor on lr.
-    ``runs`` are (scheme, lr) pairs.
+    Implicit steps at ``lrs`` and explicit steps at ``explicit_lr`` all follow the flow's slow modes,
+    so the flow time at which the risk falls to 1e-6 of its start must not depend on the scheme or lr,
+    nor the heads the implicit runs end at on lr. (Where they end relative to the explicit run is
+    measured, not required: lr * lambda_max >> 1, so implicit steps skip the fast modes' transient,
+    which moves the heads along the flat directions of the minimiser set.)
     """
+    runs = [("implicit", lr) for lr in lrs] + [("explicit", explicit_lr)]
 
     def study():
         done = [ts.teacher_student(dim, "near", method, 1e-6, scheme=scheme, lr=lr, steps=10**6, time_limit=3600)
@@ -225,9 +228,13 @@ def training_flow_time(dim, method, runs, tol=0.05) -> Callable[[], Iterator[Che
                            for (scheme, lr), r in zip(runs, done, strict=True))
         spread = float(np.ptp(times) / times.min())
         yield Check(f"{name}: t(1e-6) spread", spread, f"<= {tol:g}", spread <= tol, detail)
-        apart = max(conditional_wasserstein(r.heads, done[0].heads) for r in done) / done[0].w_c_initial
-        yield Check(f"{name}: end heads apart / W_c", apart, f"<= {tol:g}", apart <= tol,
-                    f"W_c travelled {done[0].w_c_initial:.3g}, to the teacher {done[0].w_c_teacher:.3g}")
+        travelled = done[-1].w_c_initial
+        implicit = [r.heads for r in done[:-1]]
+        apart = max(conditional_wasserstein(h, implicit[0]) for h in implicit) / travelled
+        explicit = max(conditional_wasserstein(h, done[-1].heads) for h in implicit) / travelled
+        yield Check(f"{name}: implicit ends apart", apart, f"<= {tol:g}", apart <= tol,
+                    f"W_c travelled {travelled:.3g}, to the teacher {done[-1].w_c_teacher:.3g}; "
+                    f"implicit ends from the explicit end: {explicit:.3g} of W_c travelled (measured)")
 
     return study
 
@@ -317,8 +324,7 @@ SLOW = {
     "train-2d-near-grid": training_convergence(2, "near", "grid", 1e-6),
     "train-2d-near-particles": training_convergence(2, "near", "particles", 1e-6),
     # the flow, resolved: implicit steps at two lr and explicit steps at their largest stable lr (~15 min)
-    "train-1d-near-grid-flow": training_flow_time(1, "grid", [("implicit", 1e4), ("implicit", 1e3),
-                                                              ("explicit", 2.0)]),
+    "train-1d-near-grid-flow": training_flow_time(1, "grid", (1e4, 1e3), 2.0),
     "train-1d-random-grid": training_convergence(1, "random", "grid"),
     "train-1d-random-particles": training_convergence(1, "random", "particles"),
     "train-2d-random-grid": training_convergence(2, "random", "grid"),
