@@ -284,7 +284,8 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
         attrs["train_step"] = st.step
         save()
 
-    last = [time.perf_counter()]
+    # a line per step at most every 2 s; inside a step, a line 2 s after the last line of any kind
+    last = dict.fromkeys(("step", "any"), time.perf_counter())
 
     depth = [record.depth_steps[-1] if record.depth_steps else problem.depth_steps]
 
@@ -293,14 +294,16 @@ def _train(case, problem, heads, out, resume, extra, save, report, attrs) -> dic
             report(f"  train step {st.step}: depth steps refined for positivity, {depth[0]} -> "
                    f"{rec.depth_steps[-1]} per evaluation (the discrete risk changed; the step was retaken)")
             depth[0] = rec.depth_steps[-1]
-        if time.perf_counter() - last[0] >= 2.0 or st.step == 1:
-            last[0] = time.perf_counter()
+        now = time.perf_counter()
+        if now - last["step"] >= 2.0 or st.step == 1:
+            last["step"] = last["any"] = now
             report(f"  train step {st.step} taken from risk {rec.risk[-1]:.4e}, |grad| {rec.grad_norm[-1]:.3e}, "
                    f"W_c {rec.w_c[-1]:.3e}: lr {rec.lr[-1]:.3g}, {rec.evaluations[-1]} evaluation(s)")
 
     def on_inner(step: int, evaluations: int, risk: float) -> None:
-        if time.perf_counter() - last[0] >= 2.0:
-            last[0] = time.perf_counter()
+        now = time.perf_counter()
+        if now - last["any"] >= 2.0:
+            last["any"] = now
             report(f"  train step {step} under way: {evaluations} evaluation(s), inner iterate at risk {risk:.4e}")
 
     report(f"training: up to {case.train.steps} {case.train.scheme} steps, lr {case.train.lr:g}, "

@@ -342,3 +342,18 @@ def test_training_stops_where_no_step_lowers_the_risk_and_says_so(scheme):
     assert state.step == 0 and not rec.risk and all(np.array_equal(state.heads[k], heads[k]) for k in "QKV")
     gnorm = np.sqrt(sum(np.sum(v**2) for v in heads.values()))
     assert "lowers the risk" in state.message and state.message.endswith(f"|grad| {gnorm:.3g}")
+
+
+def test_run_prints_every_long_step_and_progress_inside_it(tmp_path, monkeypatch, capsys):
+    """A clock that ticks 0.5 s per reading makes every step long: each gets its line, though a line from
+    inside the step came just before it."""
+    import itertools
+
+    case_file = tmp_path / "case.toml"
+    case_file.write_text(_implicit(CASE.format(steps=3, path=(tmp_path / "x.h5").as_posix()), inner_steps=12))
+    clock = itertools.count()
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: 0.5 * next(clock))
+    assert main(["run", str(case_file), "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"train step {n} taken from risk" in err for n in (1, 2, 3)), err
+    assert "under way" in err
