@@ -3,7 +3,10 @@
     python scripts/profile_training.py [cases/teacher_student_2d_near.toml] [--method grid]
 
 Prints the share of the time in the attention sums (forward and VJP), the
-transport (forward and VJP), the loss, and the rest, from cProfile in one run.
+transport (forward and VJP), the loss, and the rest, from cProfile in one run;
+then the rate of evaluations without the profiler (an explicit training step
+is one evaluation, an implicit step as many as its inner solve takes:
+/train/evaluations).
 """
 
 import argparse
@@ -31,6 +34,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", nargs="?", default="cases/teacher_student_2d_near.toml")
     ap.add_argument("--method", choices=["grid", "particles"])
+    ap.add_argument("--repeat", type=int, default=20, help="evaluations timed for the rate")
     args = ap.parse_args(argv)
     case = load_case(args.case)
     problem = Problem(case, args.method)
@@ -57,6 +61,12 @@ def main(argv=None):
         print(f"  {group:<18} {s:7.3f} s  {100 * s / total:5.1f} %")
     rest = total - sum(spent.values())
     print(f"  {'rest (python)':<18} {rest:7.3f} s  {100 * rest / total:5.1f} %")
+    t = time.perf_counter()
+    for _ in range(args.repeat):
+        problem.risk_and_grad(m.Q, m.K, m.V)
+    rate = args.repeat / (time.perf_counter() - t)
+    print(f"{rate:.1f} risk-and-gradient evaluations per second ({args.repeat} without the profiler): "
+          f"explicit steps per second")
 
 
 if __name__ == "__main__":
