@@ -1,5 +1,7 @@
 """Training: the flow, its records, checkpoints and bit-for-bit resume."""
 
+import dataclasses
+import itertools
 from pathlib import Path
 
 import h5py
@@ -7,10 +9,10 @@ import numpy as np
 import pytest
 
 import gridpde.train as train_module
-from gridpde.case import parse_case
+from gridpde.case import TrainSpec, parse_case
 from gridpde.cli import main
 from gridpde.heads import conditional_wasserstein, random_heads
-from gridpde.risk import Problem
+from gridpde.risk import Problem, RiskResult
 from gridpde.train import TrainRecord, TrainState, train
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -246,8 +248,6 @@ class _Refining:
         return 10 * (1 + self.version)
 
     def risk_and_grad(self, Q, K, V):
-        from gridpde.risk import RiskResult
-
         self.calls += 1
         if self.calls == self.at:
             self.version, self.a = 1, 1.5
@@ -259,8 +259,6 @@ class _Refining:
 def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
     """The step during which the risk changed is taken again from the same heads, on the new risk;
     its evaluations are counted, and depth_steps marks where the risk function changed."""
-    from gridpde.case import TrainSpec
-
     heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
     problem = _Refining(at=3)
     rec = TrainRecord()
@@ -296,9 +294,6 @@ def test_implicit_steps_report_their_inner_iterates(tmp_path):
 def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_path, monkeypatch):
     """Past the time limit the inner solve keeps its last accepted iterate (a decrease all the same) and stops.
     A clock that ticks 1 s per reading: the limit of 3.5 s falls inside the first step."""
-    import dataclasses
-    import itertools
-
     case = parse_case(_implicit(CASE.format(steps=5, path=tmp_path / "x.h5"), inner_steps=50))
     problem = Problem(case)
     heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
@@ -323,8 +318,6 @@ class _Uphill:
     version, depth_steps = 0, 1
 
     def risk_and_grad(self, Q, K, V):
-        from gridpde.risk import RiskResult
-
         r = 1.0 + 0.5 * sum(np.sum(x**2) for x in (Q, K, V))
         return RiskResult(r, np.array([r]), {"Q": -Q, "K": -K, "V": -V})
 
@@ -333,8 +326,6 @@ class _Uphill:
 def test_training_stops_where_no_step_lowers_the_risk_and_says_so(scheme):
     """No trial point lowers the risk: training stops there, naming the gradient norm, instead of
     accepting a worse point."""
-    from gridpde.case import TrainSpec
-
     heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
     rec = TrainRecord()
     state = train(_Uphill(), TrainSpec(steps=5, lr=0.5, scheme=scheme, inner_steps=3),
@@ -347,8 +338,6 @@ def test_training_stops_where_no_step_lowers_the_risk_and_says_so(scheme):
 def test_run_prints_every_long_step_and_progress_inside_it(tmp_path, monkeypatch, capsys):
     """A clock that ticks 0.5 s per reading makes every step long: each gets its line, though a line from
     inside the step came just before it."""
-    import itertools
-
     case_file = tmp_path / "case.toml"
     case_file.write_text(_implicit(CASE.format(steps=3, path=(tmp_path / "x.h5").as_posix()), inner_steps=12))
     clock = itertools.count()

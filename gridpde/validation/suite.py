@@ -194,7 +194,7 @@ def ntk_families(levels=2) -> Iterator[Check]:
 def training_convergence(dim, variant, method, ratio_max=None, **train) -> Callable[[], Iterator[Check]]:
     def study():
         r = ts.teacher_student(dim, variant, method, **train)
-        name = f"train-{dim}d-{variant}-{method}" + ("-explicit" if train.get("scheme") == "explicit" else "")
+        name = f"train-{dim}d-{variant}-{method}"
         detail = (f"{r.steps} steps, {r.evaluations} evaluations in {r.seconds:.0f} s; "
                   f"risk {r.risk0:.2e} -> {r.risk:.2e}; "
                   f"W_c from start {r.w_c_initial:.3g}, to teacher {r.w_c_teacher:.3g}; stop: {r.message}")
