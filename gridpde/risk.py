@@ -21,7 +21,7 @@ import numpy as np
 
 from gridpde.adjoint import backward
 from gridpde.case import Case, LossSpec
-from gridpde.errors import CaseError, RunError
+from gridpde.errors import CaseError, NumericalError, RunError
 from gridpde.forward import GridForward, Tape
 from gridpde.grid import Grid
 from gridpde.heads import score_matrices
@@ -44,6 +44,30 @@ class RiskResult:
     grad: dict[str, np.ndarray] | None = None
     steps: int = 0
     recomputed: int = 0
+    #: the first non-finite piece, e.g. "prompt 0: layer 1, block V of the gradient is not finite"
+    nonfinite: str = ""
+
+    def check_finite(self, where: str) -> None:
+        """Raise NumericalError naming the prompt, layer and block if anything is NaN or inf."""
+        what = self.nonfinite
+        if not what and not np.isfinite(self.risk):
+            what = f"the risk is {self.risk}"
+        if not what and self.grad is not None and not all(np.all(np.isfinite(g)) for g in self.grad.values()):
+            what = "the gradient is not finite"
+        if what:
+            raise NumericalError(f"{where}: {what}", 0.0)
+
+
+def _nonfinite(p: int, risk: float, B_bar: np.ndarray, V_bar: np.ndarray) -> str:
+    """What of prompt p's contribution is not finite ("" if all is)."""
+    if not np.isfinite(risk):
+        return f"prompt {p}: the risk is {risk}"
+    for layer in range(V_bar.shape[0]):
+        blocks = [name for name, g in (("V", V_bar[layer]), ("Q and K (through B = K^T Q)", B_bar[layer]))
+                  if not np.all(np.isfinite(g))]
+        if blocks:
+            return f"prompt {p}: layer {layer}, block {' and '.join(blocks)} of the gradient is not finite"
+    return ""
 
 
 def make_loss(spec: LossSpec, dim: int):
@@ -230,6 +254,7 @@ class Problem:
         B_bar = np.zeros_like(B)
         V_bar = np.zeros_like(V)
         steps = recomputed = 0
+        nonfinite = ""
         version = self.version
         if self.method == "grid":
             solver = self._grid_solver(B, V)
@@ -242,6 +267,7 @@ class Problem:
                 per[p] = self.loss.value(mu, self.targets[p])
                 lam = self.loss.first_variation(mu, self.targets[p]) * self.grid.cell_volume / P
                 _, Bb, Vb = backward(solver, tape, lam)
+                nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
                 B_bar += Bb
                 V_bar += Vb
                 steps += n
@@ -255,10 +281,11 @@ class Problem:
                 per[p] = self.loss.value(TokenMeasure(X1, w), self.targets[p])
                 lam = self.loss.grad_points(X1, w, self.targets[p]) / P
                 _, Bb, Vb = solver.backward(tape, w, lam)
+                nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
                 B_bar += Bb
                 V_bar += Vb
                 steps += len(tape)
         if self.version != version:  # refined on the way: again, on the new schedules
             return self.risk_and_grad(Q, K, V)
         grad = heads_gradient(Q, K, B_bar, V_bar, self.case.model.scale_scores)
-        return RiskResult(float(per.mean()), per, grad, steps, recomputed)
+        return RiskResult(float(per.mean()), per, grad, steps, recomputed, nonfinite)

@@ -241,6 +241,7 @@ def run_case(
             res = problem.risk_and_grad(heads["Q"], heads["K"], heads["V"])
             snaps.timings["gradient"] = time.perf_counter() - t
             extra.update(risk_datasets(res))
+            res.check_finite("the risk and its gradient")
             extra.update(target_datasets(problem))
             report(f"risk {res.risk:.6g} (per prompt {np.array2string(res.per_prompt, precision=4)}), "
                    f"|grad| {grad_norm(res.grad):.3g}")

@@ -43,7 +43,7 @@ from functools import partial
 import numpy as np
 
 from gridpde.case import TrainSpec
-from gridpde.errors import NumericalError, RunError
+from gridpde.errors import RunError
 from gridpde.heads import conditional_wasserstein
 from gridpde.risk import Problem, RiskResult
 
@@ -103,8 +103,7 @@ def grad_norm(grad: dict) -> float:
 
 
 def _check_finite(res: RiskResult, step: int) -> None:
-    if not np.isfinite(res.risk) or not all(np.all(np.isfinite(res.grad[k])) for k in BLOCKS):
-        raise NumericalError(f"non-finite risk or gradient at training step {step}", float(step))
+    res.check_finite(f"training step {step}")
 
 
 def train(

@@ -29,29 +29,75 @@ POSITIVITY_LIMIT = 0.5
 LIMITER_CODES = {"upwind": 0, "minmod": 1, "mc": 2, "vanleer": 3}
 
 
+#: below this |dm| + |dp| van Leer's slope is taken as zero: the harmonic mean
+#: 2 dm dp / (dm + dp) and its derivatives 2 (dp / (dm + dp))^2 are then
+#: formed from operands far from underflow, in any order the compiler's
+#: reassociation picks (1 / (dm + dp)^2 stays finite), so no 0 * inf = NaN.
+VANLEER_TINY = 1e-140
+
+
 @inline
-def _minmod3(a, b, c):
-    if a > 0.0 and b > 0.0 and c > 0.0:
-        return min(a, min(b, c))
-    if a < 0.0 and b < 0.0 and c < 0.0:
-        return max(a, max(b, c))
-    return 0.0
+def _vanleer(dm, dp):
+    """(sigma, a, b) of van Leer's limiter, |sigma| <= 2 min(|dm|, |dp|) exactly.
+
+    The harmonic mean is bounded by 2 min(|dm|, |dp|) only in exact
+    arithmetic; a rounding above it puts a face value outside its
+    neighbours' range (a negative density next to an empty cell), so the
+    bound is applied as a clamp, and the clamp's branch differentiated.
+    """
+    live = (dm * dp > 0.0) & (abs(dm) + abs(dp) > VANLEER_TINY)
+    inv = 1.0 / (dm + dp) if live else 1.0
+    tm = dm * inv  # in [0, 1] where live
+    tp = dp * inv
+    sigma = 2.0 * dm * tp
+    small_m = abs(dm) <= abs(dp)
+    cap = 2.0 * (dm if small_m else dp)
+    capped = abs(sigma) > abs(cap)
+    a = (2.0 if small_m else 0.0) if capped else 2.0 * tp * tp
+    b = (0.0 if small_m else 2.0) if capped else 2.0 * tm * tm
+    sigma = cap if capped else sigma
+    return (sigma if live else 0.0), (a if live else 0.0), (b if live else 0.0)
+
+
+@inline
+def slope_and_coeffs(rm, r0, rp, code):
+    """(sigma, a, b): the limited difference and d sigma / d dm, d sigma / d dp.
+
+    :func:`limited_slope` is its first component, so the adjoint
+    differentiates the branch the forward pass took (at an exact
+    tie of two minmod arguments the later one is taken; both give the same
+    sigma). Written with selects only, so that loops over it vectorise.
+    """
+    if code == 0:
+        return 0.0, 0.0, 0.0
+    dm = r0 - rm
+    dp = rp - r0
+    if code == 3:
+        return _vanleer(dm, dp)
+    theta = 1.0 if code == 1 else 2.0
+    x = theta * dp
+    y = 0.5 * (dp + dm)
+    z = theta * dm
+    pos = (x > 0.0) & (y > 0.0) & (z > 0.0)
+    neg = (x < 0.0) & (y < 0.0) & (z < 0.0)
+    # minmod: the smallest of (x, y, z) in modulus when they share a sign
+    take_y = (y < z) if pos else (y > z)
+    inner = y if take_y else z
+    a_in = 0.5 if take_y else theta
+    b_in = 0.5 if take_y else 0.0
+    take_x = (x < inner) if pos else (x > inner)
+    live = pos | neg
+    sigma = (x if take_x else inner) if live else 0.0
+    a = (0.0 if take_x else a_in) if live else 0.0
+    b = (theta if take_x else b_in) if live else 0.0
+    return sigma, a, b
+
 
 
 @inline
 def limited_slope(rm, r0, rp, code):
     """Limited undivided difference sigma of the cell with average r0."""
-    if code == 0:
-        return 0.0
-    dm = r0 - rm
-    dp = rp - r0
-    if code == 1:
-        return _minmod3(dp, 0.5 * (dp + dm), dm)
-    if code == 2:
-        return _minmod3(2.0 * dp, 0.5 * (dp + dm), 2.0 * dm)
-    if dm * dp <= 0.0:
-        return 0.0
-    return 2.0 * dm * dp / (dm + dp)
+    return slope_and_coeffs(rm, r0, rp, code)[0]
 
 
 @inline
@@ -181,7 +227,7 @@ def fv_rhs_numpy(rho, u, dx, dim, limiter):
         pad = np.concatenate([np.zeros((2, *r.shape[1:])), r, np.zeros((2, *r.shape[1:]))])
         dm = pad[1:-1] - pad[:-2]
         dp = pad[2:] - pad[1:-1]
-        sigma = _slopes_numpy(dm, dp, limiter)  # cells -1 .. n
+        sigma = slope_coeffs_numpy(pad[:-2], pad[1:-1], pad[2:], limiter)[0]  # cells -1 .. n
         east = pad[1:-1] + 0.5 * sigma
         west = pad[1:-1] - 0.5 * sigma
         uf = np.moveaxis(u[axis], axis, 0)
@@ -191,15 +237,34 @@ def fv_rhs_numpy(rho, u, dx, dim, limiter):
     return out, outflow
 
 
-def _slopes_numpy(dm, dp, limiter):
+def slope_coeffs_numpy(rm, r0, rp, limiter):
+    """Vectorised :func:`slope_and_coeffs` (same branch tests)."""
+    dm = r0 - rm
+    dp = rp - r0
+    zero = np.zeros_like(dm)
     if limiter == "upwind":
-        return np.zeros_like(dm)
+        return zero, zero, zero.copy()
     if limiter == "vanleer":
-        prod = dm * dp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(prod > 0, 2 * prod / (dm + dp), 0.0)
+        live = (dm * dp > 0.0) & (np.abs(dm) + np.abs(dp) > VANLEER_TINY)
+        inv = 1.0 / np.where(live, dm + dp, 1.0)
+        tm, tp = dm * inv, dp * inv
+        sigma = 2.0 * dm * tp
+        small_m = np.abs(dm) <= np.abs(dp)
+        cap = 2.0 * np.where(small_m, dm, dp)
+        capped = np.abs(sigma) > np.abs(cap)
+        a = np.where(capped, np.where(small_m, 2.0, 0.0), 2.0 * tp * tp)
+        b = np.where(capped, np.where(small_m, 0.0, 2.0), 2.0 * tm * tm)
+        sigma = np.where(capped, cap, sigma)
+        return np.where(live, sigma, 0.0), np.where(live, a, 0.0), np.where(live, b, 0.0)
     theta = 1.0 if limiter == "minmod" else 2.0
-    args = np.stack([theta * dp, 0.5 * (dp + dm), theta * dm])
-    pos = np.all(args > 0, axis=0)
-    neg = np.all(args < 0, axis=0)
-    return np.where(pos, args.min(axis=0), np.where(neg, args.max(axis=0), 0.0))
+    x, y, z = theta * dp, 0.5 * (dp + dm), theta * dm
+    pos = (x > 0) & (y > 0) & (z > 0)
+    neg = (x < 0) & (y < 0) & (z < 0)
+    # index of the picked argument, ties resolved as in slope_and_coeffs
+    pick_pos = np.where(y < z, np.where(x < y, 0, 1), np.where(x < z, 0, 2))
+    pick_neg = np.where(y > z, np.where(x > y, 0, 1), np.where(x > z, 0, 2))
+    pick = np.where(pos, pick_pos, np.where(neg, pick_neg, 3))
+    sigma = np.choose(pick, [x, y, z, zero])
+    a = np.choose(pick, [zero, 0.5 + zero, theta + zero, zero])
+    b = np.choose(pick, [theta + zero, 0.5 + zero, zero, zero])
+    return sigma, a, b

@@ -6,13 +6,15 @@ rho^{E/W}_i = rho_i +- sigma_i / 2 and sigma_i = sigma(rho_{i-1}, rho_i, rho_{i+
 the limited difference. Its linearisation with every non-differentiable
 choice frozen as the forward pass took it (the upwind side by the test
 ``u >= 0.0``, the argument a minmod/MC limiter picks, whether van Leer's
-product dm dp is <= 0) is
+slope is live or clamped) is
 
     d sigma_i = a_i (d rho_i - d rho_{i-1}) + b_i (d rho_{i+1} - d rho_i),
 
 with (a_i, b_i) = (d sigma / d dm, d sigma / d dp) of the branch taken:
 (0, theta), (1/2, 1/2), (theta, 0) or (0, 0) for minmod (theta = 1) and MC
-(theta = 2), (2 dp^2, 2 dm^2) / (dm + dp)^2 for van Leer where dm dp > 0.
+(theta = 2), (2 dp^2, 2 dm^2) / (dm + dp)^2 for van Leer where dm dp > 0
+(or (2, 0) / (0, 2) where the bound 2 min(|dm|, |dp|) clamps a rounding,
+see :func:`gridpde.transport.slope_and_coeffs`).
 
 The transpose (:class:`TransportVJP`), for a cotangent lam of out:
 
@@ -46,47 +48,7 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.transport import LIMITER_CODES, _lines
-
-
-@inline
-def slope_and_coeffs(rm, r0, rp, code):
-    """(sigma, a, b): the limited difference and d sigma / d dm, d sigma / d dp.
-
-    The branch tests are those of :func:`gridpde.transport.limited_slope`
-    on the same operands, so the branch is the forward pass's (at an exact
-    tie of two minmod arguments the later one is taken; both give the same
-    sigma). Written with selects only, so that loops over it vectorise.
-    """
-    if code == 0:
-        return 0.0, 0.0, 0.0
-    dm = r0 - rm
-    dp = rp - r0
-    if code == 3:
-        prod = dm * dp
-        live = prod > 0.0
-        inv = 1.0 / (dm + dp if live else 1.0)
-        sigma = 2.0 * prod * inv if live else 0.0
-        a = 2.0 * dp * dp * inv * inv if live else 0.0
-        b = 2.0 * dm * dm * inv * inv if live else 0.0
-        return sigma, a, b
-    theta = 1.0 if code == 1 else 2.0
-    x = theta * dp
-    y = 0.5 * (dp + dm)
-    z = theta * dm
-    pos = (x > 0.0) & (y > 0.0) & (z > 0.0)
-    neg = (x < 0.0) & (y < 0.0) & (z < 0.0)
-    # minmod: the smallest of (x, y, z) in modulus when they share a sign
-    take_y = (y < z) if pos else (y > z)
-    inner = y if take_y else z
-    a_in = 0.5 if take_y else theta
-    b_in = 0.5 if take_y else 0.0
-    take_x = (x < inner) if pos else (x > inner)
-    live = pos | neg
-    sigma = (x if take_x else inner) if live else 0.0
-    a = (0.0 if take_x else a_in) if live else 0.0
-    b = (theta if take_x else b_in) if live else 0.0
-    return sigma, a, b
+from gridpde.transport import LIMITER_CODES, _lines, slope_and_coeffs, slope_coeffs_numpy
 
 
 @inline
@@ -312,7 +274,7 @@ def transport_jvp_numpy(rho, u, drho, du, dx, limiter):
         zeros = np.zeros((2, *r.shape[1:]))
         pad = np.concatenate([zeros, r, zeros])
         dpad = np.concatenate([zeros, dr, zeros])
-        sigma, a, b = _slope_coeffs_numpy(pad[:-2], pad[1:-1], pad[2:], limiter)  # cells -1 .. n
+        sigma, a, b = slope_coeffs_numpy(pad[:-2], pad[1:-1], pad[2:], limiter)  # cells -1 .. n
         dsigma = a * (dpad[1:-1] - dpad[:-2]) + b * (dpad[2:] - dpad[1:-1])
         east, deast = pad[1:-1] + 0.5 * sigma, dpad[1:-1] + 0.5 * dsigma
         west, dwest = pad[1:-1] - 0.5 * sigma, dpad[1:-1] - 0.5 * dsigma
@@ -324,29 +286,3 @@ def transport_jvp_numpy(rho, u, drho, du, dx, limiter):
         dflux = duf * val + uf * dval
         dout += np.moveaxis(-(dflux[1:] - dflux[:-1]) / dx[axis], 0, axis)
     return dout
-
-
-def _slope_coeffs_numpy(rm, r0, rp, limiter):
-    """Vectorised :func:`slope_and_coeffs` (same branch tests)."""
-    dm = r0 - rm
-    dp = rp - r0
-    zero = np.zeros_like(dm)
-    if limiter == "upwind":
-        return zero, zero, zero.copy()
-    if limiter == "vanleer":
-        live = dm * dp > 0.0
-        s = np.where(live, dm + dp, 1.0)
-        sigma = np.where(live, 2.0 * dm * dp / s, 0.0)
-        return sigma, np.where(live, 2.0 * dp**2 / s**2, 0.0), np.where(live, 2.0 * dm**2 / s**2, 0.0)
-    theta = 1.0 if limiter == "minmod" else 2.0
-    x, y, z = theta * dp, 0.5 * (dp + dm), theta * dm
-    pos = (x > 0) & (y > 0) & (z > 0)
-    neg = (x < 0) & (y < 0) & (z < 0)
-    # index of the picked argument, ties resolved as in slope_and_coeffs
-    pick_pos = np.where(y < z, np.where(x < y, 0, 1), np.where(x < z, 0, 2))
-    pick_neg = np.where(y > z, np.where(x > y, 0, 1), np.where(x > z, 0, 2))
-    pick = np.where(pos, pick_pos, np.where(neg, pick_neg, 3))
-    sigma = np.choose(pick, [x, y, z, zero])
-    a = np.choose(pick, [zero, 0.5 + zero, theta + zero, zero])
-    b = np.choose(pick, [theta + zero, 0.5 + zero, zero, zero])
-    return sigma, a, b

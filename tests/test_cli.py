@@ -118,3 +118,28 @@ def test_example_cases_run(tmp_path, case):
             for k in "QKV":
                 assert np.array_equal(f["teacher"][k][()], getattr(t, k))
             np.testing.assert_allclose(f["teacher/B"][()], np.swapaxes(t.K, -1, -2) @ t.Q, rtol=1e-15)
+
+
+def test_nonfinite_risk_is_a_failed_run_naming_the_prompt(tmp_path, capsys):
+    """A loss case without training whose risk is NaN exits 1 with status nan, never "finished"."""
+    out = tmp_path / "r.h5"
+    text = SMALL.format(tol=1e-6, path=out.as_posix()) + (
+        '[loss]\nkind = "mmd"\nsigma = 1e-300\n[loss.teacher]\ninit = { scale = 0.5, seed = 2 }\n')
+    case = _write(tmp_path, text)
+    with np.errstate(all="ignore"):
+        assert main(["run", str(case), "--no-plot"]) == 1
+    assert "prompt 0: the risk is nan" in capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "nan"
+        assert "prompt 0" in f.attrs["message"]
+
+
+def test_nonfinite_gradient_names_prompt_layer_and_block():
+    from gridpde.risk import _nonfinite
+
+    B_bar, V_bar = np.zeros((2, 3, 1, 1)), np.zeros((2, 3, 1, 1))
+    assert _nonfinite(4, 0.1, B_bar, V_bar) == ""
+    V_bar[1, 2] = np.nan
+    assert _nonfinite(4, 0.1, B_bar, V_bar) == "prompt 4: layer 1, block V of the gradient is not finite"
+    B_bar[0, 0] = np.inf
+    assert "layer 0, block Q and K" in _nonfinite(4, 0.1, B_bar, V_bar)
