@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from gridpde.case import load_case
-    from gridpde.run import run_case
+    from gridpde.casefile import load_case
+    from gridpde.driver import run_case
 
     case = load_case(args.case)
     out = args.output or Path(case.output.path)
     run_case(case, out, method=args.method, resume=args.resume)
     if case.output.plot and not args.no_plot:
-        from gridpde.plot import plot_result
+        from gridpde.io.plot import plot_result
 
         for f in plot_result(out):
             print(f"wrote {f}", file=sys.stderr)
@@ -94,9 +94,9 @@ def _validate(args) -> int:
 
 
 def _gradcheck(args) -> int:
-    from gridpde.case import load_case
-    from gridpde.gradcheck import gradient_checks, report
-    from gridpde.risk import Problem
+    from gridpde.casefile import load_case
+    from gridpde.objective.gradcheck import gradient_checks, report
+    from gridpde.objective.problem import Problem
 
     case = load_case(args.case)
     problem = Problem(case, args.method)
@@ -107,9 +107,9 @@ def _gradcheck(args) -> int:
 
 
 def _ntk(args) -> int:
-    from gridpde import diagnose
-    from gridpde.case import load_case
-    from gridpde.results import add_datasets
+    from gridpde.ntk import trajectory as diagnose
+    from gridpde.casefile import load_case
+    from gridpde.io.results import add_datasets
 
     case = load_case(args.case)
     method = args.method or case.solver.method
@@ -129,7 +129,7 @@ def _ntk(args) -> int:
 
 
 def _plot(args) -> int:
-    from gridpde.plot import plot_result
+    from gridpde.io.plot import plot_result
 
     for f in plot_result(args.result, args.output):
         print(f)
@@ -137,7 +137,7 @@ def _plot(args) -> int:
 
 
 def _info(args) -> int:
-    from gridpde.results import describe
+    from gridpde.io.results import describe
 
     print(describe(args.result))
     return 0

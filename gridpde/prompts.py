@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import CaseError
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 
 GAUSS_POINTS = 6
 

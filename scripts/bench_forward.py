@@ -127,7 +127,7 @@ def bench_exp(n=2_000_000):
 
 
 def _gaussian_grid(n, dim):
-    from gridpde.grid import Grid
+    from gridpde.grid.mesh import Grid
     from gridpde.prompts import gaussian_cell_averages
 
     grid = Grid((-6.0,) * dim, (6.0,) * dim, (n,) * dim)
@@ -142,7 +142,7 @@ def bench_tensor(n=128, heads=3, dim=2, numpy_targets=2048):
     targets = face centres); compared with the blocked-numpy direct sums.
     """
     from gridpde.attention.tensor import tensor_velocity
-    from gridpde.forward import GridForward
+    from gridpde.grid.forward import GridForward
 
     grid, rho = _gaussian_grid(n, dim)
     _, _, _, B, V = attention_problem(4, 4, heads, dim)
@@ -169,7 +169,7 @@ def bench_tensor(n=128, heads=3, dim=2, numpy_targets=2048):
 
 def bench_transport(cases=((2, 512), (3, 64)), limiter="vanleer"):
     """Cells per second of the finite-volume right-hand side (MUSCL)."""
-    from gridpde.transport import Transport
+    from gridpde.grid.transport import Transport
 
     rows = []
     for dim, n in cases:

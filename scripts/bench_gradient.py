@@ -15,7 +15,7 @@ import numba
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gridpde.risk import Problem  # noqa: E402
+from gridpde.objective.problem import Problem  # noqa: E402
 from gridpde.validation.gradient_studies import gaussian_case  # noqa: E402
 
 

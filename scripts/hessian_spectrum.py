@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gridpde.case import load_case  # noqa: E402
-from gridpde.risk import Problem  # noqa: E402
+from gridpde.casefile import load_case  # noqa: E402
+from gridpde.objective.problem import Problem  # noqa: E402
 
 BLOCKS = ("Q", "K", "V")
 

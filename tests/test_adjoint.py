@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gridpde.case import parse_case
-from gridpde.gradcheck import gradient_checks
-from gridpde.risk import Problem
+from gridpde.casefile import parse_case
+from gridpde.objective.gradcheck import gradient_checks
+from gridpde.objective.problem import Problem
 
 CASE_1D = """
 dim = 1

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from gridpde.attention.tensor import EXP_ANCHOR, exp_row, langevin, tensor_velocity, tensor_velocity_numpy
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
 from gridpde.prompts import gaussian_cell_averages
 

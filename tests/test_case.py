@@ -1,9 +1,9 @@
-"""Tests for gridpde.case: a valid case parses, every bad input names its key."""
+"""Tests for gridpde.casefile: a valid case parses, every bad input names its key."""
 
 import numpy as np
 import pytest
 
-from gridpde.case import (
+from gridpde.casefile import (
     Case,
     GaussianPrompt,
     HeadsSpec,

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gridpde.case import load_case
+from gridpde.casefile import load_case
 from gridpde.cli import main
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -135,7 +135,7 @@ def test_nonfinite_risk_is_a_failed_run_naming_the_prompt(tmp_path, capsys):
 
 
 def test_nonfinite_gradient_names_prompt_layer_and_block():
-    from gridpde.risk import _nonfinite
+    from gridpde.objective.problem import _nonfinite
 
     B_bar, V_bar = np.zeros((2, 3, 1, 1)), np.zeros((2, 3, 1, 1))
     assert _nonfinite(4, 0.1, B_bar, V_bar) == ""

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from gridpde.forward import GridForward, layer_intervals
-from gridpde.grid import Grid
+from gridpde.grid.forward import GridForward, layer_intervals
+from gridpde.grid.mesh import Grid
 from gridpde.prompts import gaussian_cell_averages
 from gridpde.validation.problems import gaussian_problem
 

@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 from gridpde.heads import pad_points
-from gridpde.losses import (
+from gridpde.objective.losses import (
     GridMeasure,
     MMDLoss,
     PotentialLoss,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from gridpde.case import GaussianPrompt, MixturePrompt
-from gridpde.grid import Grid
-from gridpde.ntk import (
+from gridpde.casefile import GaussianPrompt, MixturePrompt
+from gridpde.grid.mesh import Grid
+from gridpde.ntk.diagnostics import (
     as_measure,
     basis_matrix,
     lse_across_prompts,
@@ -208,7 +208,7 @@ def test_measure_adapters():
 def test_gauss_rule_gaussian_has_exactly_quadratic_lambda():
     mu = gaussian(2)
     z = np.random.default_rng(1).normal(size=(10, 2))
-    from gridpde.ntk import _lse_at
+    from gridpde.ntk.diagnostics import _lse_at
 
     lam = _lse_at(mu, z, np.eye(2)[None])[0]
     cov = 0.3 * np.eye(2) + 0.05 * (1 - np.eye(2))

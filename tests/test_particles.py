@@ -2,10 +2,10 @@ import numpy as np
 from gridpde.attention.direct import attention_velocity
 from gridpde.attention.reference import reference_velocity
 from gridpde.attention.tensor import tensor_velocity
-from gridpde.case import GaussianPrompt, TokensPrompt, UniformPrompt
-from gridpde.forward import GridForward
+from gridpde.casefile import GaussianPrompt, TokensPrompt, UniformPrompt
+from gridpde.grid.forward import GridForward
 from gridpde.heads import pad3, pad_points
-from gridpde.particles import ParticleForward, prompt_tokens, token_moments
+from gridpde.particles.solver import ParticleForward, prompt_tokens, token_moments
 from gridpde.prompts import gaussian_cell_averages
 from gridpde.validation.problems import gaussian_problem
 

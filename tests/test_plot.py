@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gridpde.plot import plot_result
-from gridpde.results import write_result
-from gridpde.snapshots import Snapshots
+from gridpde.io.plot import plot_result
+from gridpde.io.results import write_result
+from gridpde.io.snapshots import Snapshots
 
 np.seterr(all="raise", under="ignore")
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridpde.adjoint import backward
-from gridpde.case import parse_case
-from gridpde.risk import Problem
-from gridpde.forward import GridForward, Tape
-from gridpde.grid import Grid
+from gridpde.grid.adjoint import backward
+from gridpde.casefile import parse_case
+from gridpde.objective.problem import Problem
+from gridpde.grid.forward import GridForward, Tape
+from gridpde.grid.mesh import Grid
 from gridpde.prompts import gaussian_cell_averages, uniform_cell_averages
-from gridpde.transport import LIMITER_CODES, slope_and_coeffs, slope_coeffs_numpy
+from gridpde.grid.transport import LIMITER_CODES, slope_and_coeffs, slope_coeffs_numpy
 from gridpde._numba import kernel
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from gridpde.case import GaussianPrompt, MixturePrompt, TokensPrompt, UniformPrompt
+from gridpde.casefile import GaussianPrompt, MixturePrompt, TokensPrompt, UniformPrompt
 from gridpde.errors import CaseError
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 from gridpde.prompts import cell_averages, gaussian_cell_averages
 
 

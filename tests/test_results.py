@@ -8,10 +8,10 @@ import pytest
 import xarray as xr
 
 import gridpde
-from gridpde import results
+from gridpde.io import results
 from gridpde.errors import CaseError
-from gridpde.results import describe, read_result, write_result
-from gridpde.snapshots import Snapshots
+from gridpde.io.results import describe, read_result, write_result
+from gridpde.io.snapshots import Snapshots
 
 np.seterr(all="raise", under="ignore")
 

@@ -8,12 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
-import gridpde.train as train_module
-from gridpde.case import TrainSpec, parse_case
+import gridpde.train.flow as train_module
+from gridpde.casefile import TrainSpec, parse_case
 from gridpde.cli import main
 from gridpde.heads import conditional_wasserstein, random_heads
-from gridpde.risk import Problem, RiskResult
-from gridpde.train import TrainRecord, TrainState, train
+from gridpde.objective.problem import Problem, RiskResult
+from gridpde.train.flow import TrainRecord, TrainState, train
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gridpde.transport import LIMITER_CODES, Transport, fv_rhs_numpy
+from gridpde.grid.transport import LIMITER_CODES, Transport, fv_rhs_numpy
 
 
 def _faces(rng, shape):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from gridpde.transport import LIMITER_CODES, Transport
-from gridpde.transport_vjp import TransportVJP, transport_jvp_numpy, transport_vjp
+from gridpde.grid.transport import LIMITER_CODES, Transport
+from gridpde.grid.transport_vjp import TransportVJP, transport_jvp_numpy, transport_vjp
 
 SHAPES = [(30,), (20, 17), (7, 8, 9), (1,), (2,), (3, 1), (1, 2, 4)]
 

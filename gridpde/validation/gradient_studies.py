@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridpde.case import Case, GaussianPrompt, GridSpec, LossSpec, ModelSpec, OutputSpec, SolverSpec
-from gridpde.losses import gaussian_mmd
-from gridpde.risk import Problem
+from gridpde.casefile import Case, GaussianPrompt, GridSpec, LossSpec, ModelSpec, OutputSpec, SolverSpec
+from gridpde.objective.losses import gaussian_mmd
+from gridpde.objective.problem import Problem
 from gridpde.validation.gaussian import gaussian_moments
 from gridpde.validation.problems import fitted_order, gaussian_problem
 

@@ -1,4 +1,4 @@
-"""Validation families for the NTK injectivity diagnostics of :mod:`gridpde.ntk`.
+"""Validation families for the NTK injectivity diagnostics of :mod:`gridpde.ntk.diagnostics`.
 
 Families the paper says satisfy the condition (discrete tokens, uniform boxes,
 Gaussian mixtures) and ones where it must fail (a single Gaussian, a Dirac,
@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, UniformPrompt
-from gridpde.ntk import (
+from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, UniformPrompt
+from gridpde.ntk.diagnostics import (
     Basis,
     Measure,
     PROBE_SCALE,

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.case import GaussianPrompt, MixturePrompt, UniformPrompt
-from gridpde.forward import GridForward
-from gridpde.grid import Grid
-from gridpde.particles import ParticleForward, prompt_tokens, token_moments
+from gridpde.casefile import GaussianPrompt, MixturePrompt, UniformPrompt
+from gridpde.grid.forward import GridForward
+from gridpde.grid.mesh import Grid
+from gridpde.particles.solver import ParticleForward, prompt_tokens, token_moments
 from gridpde.prompts import cell_averages
 from gridpde.validation.problems import fitted_order, gaussian_problem
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.forward import GridForward
-from gridpde.grid import Grid
+from gridpde.grid.forward import GridForward
+from gridpde.grid.mesh import Grid
 from gridpde.prompts import gaussian_cell_averages
 from gridpde.validation.gaussian import gaussian_moments
 

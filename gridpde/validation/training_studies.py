@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gridpde.case import load_case
+from gridpde.casefile import load_case
 from gridpde.heads import conditional_wasserstein
-from gridpde.risk import Problem
-from gridpde.train import TrainRecord, TrainState
-from gridpde.train import train as train_flow
+from gridpde.objective.problem import Problem
+from gridpde.train.flow import TrainRecord, TrainState
+from gridpde.train.flow import train as train_flow
 
 CASES = Path(__file__).resolve().parents[2] / "cases"
 

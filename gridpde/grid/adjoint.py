@@ -1,8 +1,8 @@
 """The discrete adjoint of the grid forward solver: exact gradients of the
 discrete risk with respect to every head.
 
-The forward pass (:class:`gridpde.forward.GridForward` with a
-:class:`~gridpde.forward.Tape`) records every depth step. A step is an SSP
+The forward pass (:class:`gridpde.grid.forward.GridForward` with a
+:class:`~gridpde.grid.forward.Tape`) records every depth step. A step is an SSP
 Runge-Kutta scheme in Shu-Osher form, stage k:
 
     u_k = a_k u_n + (1 - a_k) (u_{k-1} + dt L(u_{k-1})),   u_0 = u_n,
@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
-from gridpde.forward import GridForward, StepRecord, Tape
-from gridpde.transport_vjp import transport_vjp
+from gridpde.grid.forward import GridForward, StepRecord, Tape
+from gridpde.grid.transport_vjp import transport_vjp
 
 
 def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.ndarray, layer: int):

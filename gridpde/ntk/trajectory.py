@@ -1,4 +1,4 @@
-"""`gridpde ntk`: the injectivity diagnostics of :mod:`gridpde.ntk` on a case.
+"""`gridpde ntk`: the injectivity diagnostics of :mod:`gridpde.ntk.diagnostics` on a case.
 
 On the case's prompts (depth 0), and, given a training result file, along
 the trajectory: at every checkpoint, on the measures entering each layer
@@ -15,11 +15,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gridpde.case import Case
+from gridpde.casefile import Case
 from gridpde.errors import CaseError
 from gridpde.heads import score_matrices
-from gridpde.ntk import NTKDiagnostics, measure_from_grid, measure_from_tokens, ntk_diagnostics
-from gridpde.run import method_runner
+from gridpde.ntk.diagnostics import NTKDiagnostics, measure_from_grid, measure_from_tokens, ntk_diagnostics
+from gridpde.driver import method_runner
 
 SUMMARY = ("tangent", "lse_a_pooled", "lse_b")
 

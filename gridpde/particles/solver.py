@@ -31,9 +31,9 @@ import numpy as np
 
 from gridpde.attention.direct import direct_velocity
 from gridpde.attention.direct_vjp import direct_velocity_vjp
-from gridpde.case import GaussianPrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.casefile import GaussianPrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import NumericalError
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
 from gridpde.prompts import normal_pdf, uniform_cell_averages
 

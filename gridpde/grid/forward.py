@@ -8,7 +8,7 @@ breakpoints (layer boundaries and snapshot depths), which are hit exactly.
 Step size: on entering an interval the Courant number
 c = dt * sum_a max|u_a| / dx_a of the first stage fixes the number of equal
 steps so that c <= cfl. If any stage of the interval then exceeds the
-positivity limit (1/2, see :mod:`gridpde.transport`), the interval is redone
+positivity limit (1/2, see :mod:`gridpde.grid.transport`), the interval is redone
 from its start with twice the steps; the step count is thus a deterministic
 function of the state at the start of the interval.
 """
@@ -23,9 +23,9 @@ import numpy as np
 
 from gridpde.attention.tensor import tensor_velocity
 from gridpde.errors import NumericalError
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
-from gridpde.transport import POSITIVITY_LIMIT, Transport
+from gridpde.grid.transport import POSITIVITY_LIMIT, Transport
 
 
 #: SSP Runge-Kutta schemes in Shu-Osher form: stage k is
@@ -235,7 +235,7 @@ class GridForward:
     ) -> tuple[np.ndarray, float, int]:
         """Advance ``rho`` from s0 to s1 across layers; returns (rho, mass lost, steps).
 
-        With a ``tape``, every step is recorded for :mod:`gridpde.adjoint`.
+        With a ``tape``, every step is recorded for :mod:`gridpde.grid.adjoint`.
         ``schedule``: steps per layer interval; an empty list is filled with
         the steps chosen, a filled one is followed (see :meth:`advance`) and
         holds the steps taken afterwards (larger where positivity doubled them).

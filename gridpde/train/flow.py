@@ -25,7 +25,7 @@ for every L and M), by one of two schemes:
   rises: R(theta') <= R(theta) - |theta' - theta|^2 / (2 lr L M).
 
 On the grid an evaluation may refine the risk's depth-step schedule for
-good (:meth:`gridpde.risk.Problem._solve`): the risk function changed, so
+good (:meth:`gridpde.objective.problem.Problem._solve`): the risk function changed, so
 the step under way is taken again from the same heads on the new risk.
 
 The loop is a pure function of its state (heads, step number and grid
@@ -42,10 +42,10 @@ from functools import partial
 
 import numpy as np
 
-from gridpde.case import TrainSpec
+from gridpde.casefile import TrainSpec
 from gridpde.errors import RunError
 from gridpde.heads import conditional_wasserstein
-from gridpde.risk import Problem, RiskResult
+from gridpde.objective.problem import Problem, RiskResult
 
 MAX_HALVINGS = 20
 BLOCKS = ("Q", "K", "V")

@@ -1,6 +1,6 @@
 """Reverse mode (and a numpy forward mode) of the finite-volume right-hand side.
 
-:class:`~gridpde.transport.Transport` computes out = -div F(rho, u) with face
+:class:`~gridpde.grid.transport.Transport` computes out = -div F(rho, u) with face
 fluxes F_j = u_j rho^E_{j-1} (u_j >= 0) or u_j rho^W_j (u_j < 0), face values
 rho^{E/W}_i = rho_i +- sigma_i / 2 and sigma_i = sigma(rho_{i-1}, rho_i, rho_{i+1})
 the limited difference. Its linearisation with every non-differentiable
@@ -14,7 +14,7 @@ with (a_i, b_i) = (d sigma / d dm, d sigma / d dp) of the branch taken:
 (0, theta), (1/2, 1/2), (theta, 0) or (0, 0) for minmod (theta = 1) and MC
 (theta = 2), (2 dp^2, 2 dm^2) / (dm + dp)^2 for van Leer where dm dp > 0
 (or (2, 0) / (0, 2) where the bound 2 min(|dm|, |dp|) clamps a rounding,
-see :func:`gridpde.transport.slope_and_coeffs`).
+see :func:`gridpde.grid.transport.slope_and_coeffs`).
 
 The transpose (:class:`TransportVJP`), for a cotangent lam of out:
 
@@ -35,7 +35,7 @@ vectorise and do not depend on branch prediction (rough data costs the
 same as smooth data). The wall outflow returned by the forward pass is not
 differentiated (the risk does not depend on it).
 
-Layout: as in :mod:`gridpde.transport`, the arrays of each axis are seen as
+Layout: as in :mod:`gridpde.grid.transport`, the arrays of each axis are seen as
 (A, n, C) lines with the transported axis in the middle. Outside the box
 rho = lam = 0 and there are no faces; the ghost cells' slopes take the zero
 branch in the forward pass (one of their differences is exactly 0), so
@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.transport import LIMITER_CODES, _lines, slope_and_coeffs, slope_coeffs_numpy
+from gridpde.grid.transport import LIMITER_CODES, _lines, slope_and_coeffs, slope_coeffs_numpy
 
 
 @inline
@@ -242,7 +242,7 @@ def transport_vjp(rho, u, lam, dx, limiter):
         u: list of d face-velocity arrays, n_a + 1 along axis a.
         lam: cotangent of out, shape of rho.
         dx: cell sizes per axis.
-        limiter: a key of :data:`gridpde.transport.LIMITER_CODES`.
+        limiter: a key of :data:`gridpde.grid.transport.LIMITER_CODES`.
 
     Returns:
         rho_bar (shape of rho) and the list u_bar (shapes of u).
@@ -261,7 +261,7 @@ def transport_jvp_numpy(rho, u, drho, du, dx, limiter):
         rho, drho: cell averages and their direction (n_1, ..., n_d).
         u, du: lists of d face-velocity arrays and their directions.
         dx: cell sizes per axis.
-        limiter: a key of :data:`gridpde.transport.LIMITER_CODES`.
+        limiter: a key of :data:`gridpde.grid.transport.LIMITER_CODES`.
 
     Returns:
         d out, shape of rho.

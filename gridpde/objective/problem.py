@@ -4,8 +4,8 @@
 initial measures, targets, the loss, solver settings) and evaluates the risk
 and its exact gradient for any heads (Q, K, V) with the case's method:
 
-- grid: forward with a :class:`~gridpde.forward.Tape`, dR/drho(1) from the
-  loss's first variation, the discrete adjoint (:mod:`gridpde.adjoint`);
+- grid: forward with a :class:`~gridpde.grid.forward.Tape`, dR/drho(1) from the
+  loss's first variation, the discrete adjoint (:mod:`gridpde.grid.adjoint`);
 - particles: forward with a tape, dR/dX_i(1) = w_i grad dF/dmu(X_i) / P,
   the exact adjoint of the Runge-Kutta steps.
 
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.adjoint import backward
-from gridpde.case import Case, LossSpec
+from gridpde.grid.adjoint import backward
+from gridpde.casefile import Case, LossSpec
 from gridpde.errors import CaseError, NumericalError, RunError
-from gridpde.forward import GridForward, Tape
-from gridpde.grid import Grid
+from gridpde.grid.forward import GridForward, Tape
+from gridpde.grid.mesh import Grid
 from gridpde.heads import score_matrices
-from gridpde.losses import GridMeasure, MMDLoss, PotentialLoss, TokenMeasure
-from gridpde.particles import ParticleForward, prompt_tokens, steps_per_layer
+from gridpde.objective.losses import GridMeasure, MMDLoss, PotentialLoss, TokenMeasure
+from gridpde.particles.solver import ParticleForward, prompt_tokens, steps_per_layer
 from gridpde.prompts import cell_averages
 
 

@@ -3,7 +3,7 @@
 MODEL.md section 3. A measure is one of two frozen dataclasses:
 
 - :class:`GridMeasure` ``(grid, rho)``: cell averages rho (mass per volume)
-  on a :class:`~gridpde.grid.Grid`. For every loss it is the discrete measure
+  on a :class:`~gridpde.grid.mesh.Grid`. For every loss it is the discrete measure
   with mass ``rho * cell_volume`` at each cell centre (the midpoint rule the
   rest of the grid code uses). Its support points are the cell centres.
 - :class:`TokenMeasure` ``(points, weights)``: sum_i w_i delta_{x_i}, points
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.grid import Grid
+from gridpde.grid.mesh import Grid
 
 __all__ = [
     "GridMeasure",

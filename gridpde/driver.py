@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gridpde.case import Case
+from gridpde.casefile import Case
 from gridpde.errors import CaseError, NumericalError, RunError
-from gridpde.forward import GridForward
-from gridpde.grid import Grid
+from gridpde.grid.forward import GridForward
+from gridpde.grid.mesh import Grid
 from gridpde.heads import score_matrices
-from gridpde.particles import ParticleForward, prompt_tokens, steps_per_layer, token_moments
+from gridpde.particles.solver import ParticleForward, prompt_tokens, steps_per_layer, token_moments
 from gridpde.prompts import cell_averages
-from gridpde.checkpoint import load_checkpoint, train_datasets
-from gridpde.results import HEAD_DIMS, write_result
-from gridpde.risk import Problem
-from gridpde.train import TrainRecord, TrainState, grad_norm, train
-from gridpde.snapshots import Snapshots
+from gridpde.io.checkpoint import load_checkpoint, train_datasets
+from gridpde.io.results import HEAD_DIMS, write_result
+from gridpde.objective.problem import Problem
+from gridpde.train.flow import TrainRecord, TrainState, grad_norm, train
+from gridpde.io.snapshots import Snapshots
 
 Report = Callable[[str], None]
 

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 from matplotlib.figure import Figure
 
-from gridpde.results import AXES, read_result
+from gridpde.io.results import AXES, read_result
 
 _COLS = 5  # panels per row for one-panel-per-depth figures
 
@@ -22,7 +22,7 @@ def plot_result(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
     """Write PNG figures of the result file ``path``; return their paths.
 
     Args:
-        path: a result file written by :func:`gridpde.results.write_result`.
+        path: a result file written by :func:`gridpde.io.results.write_result`.
         out_dir: where to write; default ``<stem>_figures/`` next to ``path``.
     """
     path = Path(path)

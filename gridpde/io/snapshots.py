@@ -25,7 +25,7 @@ class Snapshots:
         mass_out: (P, S) mass that left the box through its boundary.
         mean: (P, S, d) mean of the density (or of the weighted tokens).
         cov: (P, S, d, d) covariance (grid: with Sheppard's correction, see
-            :func:`gridpde.grid.Grid.moments`).
+            :func:`gridpde.grid.mesh.Grid.moments`).
         density: (P, S, *cells) grid densities, or None for particles.
         centres: tuple of per-axis cell-centre arrays (grid), or None.
         positions: (P, S, T, d) token positions, or None for the grid.

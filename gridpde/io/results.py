@@ -1,4 +1,4 @@
-"""Result files: a forward run's :class:`~gridpde.snapshots.Snapshots` in HDF5.
+"""Result files: a forward run's :class:`~gridpde.io.snapshots.Snapshots` in HDF5.
 
 Layout (CONTRACT.md, "Result files"): root attributes describe the run, the
 root datasets hold the snapshot record, the group ``/heads`` holds Q, K, V, B.
@@ -26,7 +26,7 @@ import numpy as np
 
 import gridpde
 from gridpde.errors import CaseError
-from gridpde.snapshots import Snapshots
+from gridpde.io.snapshots import Snapshots
 
 AXES = ("x", "y", "z")
 HEAD_DIMS = {

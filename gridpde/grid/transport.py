@@ -12,7 +12,7 @@ rho^E_i + rho^W_i = 2 rho_i, so a forward Euler step keeps rho >= 0 when
 dt * sum_a max|u_a| / dx_a <= 1/2 (``POSITIVITY_LIMIT``); SSP Runge-Kutta
 steps are convex combinations of Euler steps and inherit the bound.
 
-Arrays use the padded 3-D layout of :mod:`gridpde.grid`: rho (n0, n1, n2),
+Arrays use the padded 3-D layout of :mod:`gridpde.grid.mesh`: rho (n0, n1, n2),
 face velocities u0 (n0+1, n1, n2), u1 (n0, n1+1, n2), u2 (n0, n1, n2+1);
 only the last ``dim`` axes are transported.
 """

@@ -12,7 +12,7 @@ step, a ``checkpoint`` row the heads after that many steps):
     /checkpoint/schedules      (prompt, layer) grid depth steps the risk follows
 
 The file is rewritten atomically at every checkpoint (see
-:func:`gridpde.results.write_result`), so the last checkpoint always survives.
+:func:`gridpde.io.results.write_result`), so the last checkpoint always survives.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 
 from gridpde.errors import CaseError
-from gridpde.results import HEAD_DIMS
-from gridpde.train import BLOCKS, TrainRecord, TrainState
+from gridpde.io.results import HEAD_DIMS
+from gridpde.train.flow import BLOCKS, TrainRecord, TrainState
 
 _SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds", "evaluations", "depth_steps")
 _COUNTS = ("step", "evaluations", "depth_steps")

@@ -102,8 +102,8 @@ from typing import Literal
 import numpy as np
 
 from gridpde.attention.direct import attention_velocity
-from gridpde.case import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
-from gridpde.grid import Grid
+from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3, pad_points
 
 Basis = Literal["tokens", "poly"]
@@ -175,14 +175,14 @@ def prompt_measure(prompt: Prompt, q: int = 20, rule: Rule = "gauss") -> Measure
     Gaussians and each mixture component, Gauss-Legendre for uniform boxes.
     For |z| sd << q these reproduce Lambda_mu(z) to round-off (a Gaussian's
     Lambda stays quadratic), which the midpoint tokens of
-    :func:`gridpde.particles.prompt_tokens` (``rule="midpoint"``, q^d
+    :func:`gridpde.particles.solver.prompt_tokens` (``rule="midpoint"``, q^d
     tokens on mean +- 8 sd) do only while the tilted measure stays in
     their box. A ``tokens`` prompt is used as given.
     """
     if isinstance(prompt, TokensPrompt):
         return measure_from_tokens(prompt.points, prompt.weights)
     if rule == "midpoint":
-        from gridpde.particles import prompt_tokens
+        from gridpde.particles.solver import prompt_tokens
 
         return measure_from_tokens(*prompt_tokens(prompt, q ** _prompt_dim(prompt), "quadrature"))
     if isinstance(prompt, UniformPrompt):

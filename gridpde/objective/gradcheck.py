@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.risk import Problem
+from gridpde.objective.problem import Problem
 
 BLOCKS = ("Q", "K", "V")
 
