@@ -100,9 +100,8 @@ def _gradcheck(args) -> int:
 
     case = load_case(args.case)
     problem = Problem(case, args.method)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    print(f"gradcheck: {problem.method} method, {len(case.prompts)} prompt(s)", file=sys.stderr)
-    print(report(*gradient_checks(problem, heads, eps=args.eps, seed=args.seed)))
+    print(f"gradcheck: {problem.method.name} method, {len(case.prompts)} prompt(s)", file=sys.stderr)
+    print(report(*gradient_checks(problem, case.heads, eps=args.eps, seed=args.seed)))
     return 0
 
 
@@ -114,8 +113,7 @@ def _ntk(args) -> int:
     case = load_case(args.case)
     method = args.method or case.solver.method
     out_dir = args.output or Path(case.output.path).with_name(Path(case.output.path).stem + "_figures")
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    diag = diagnose.ntk_diagnostics(diagnose.layer_measures(case, method, heads)[0])
+    diag = diagnose.ntk_diagnostics(diagnose.layer_measures(case, method, case.heads)[0])
     print(f"NTK injectivity on the {len(case.prompts)} prompt(s) of {args.case} ({method} measures)")
     print(diagnose.table(diag))
     print(f"wrote {diagnose.plot_spectra(diag, out_dir / 'ntk_spectra.png')}")

@@ -18,3 +18,7 @@ class NumericalError(RuntimeError):
 
 class RunError(RuntimeError):
     """A run failed (exit status 1) after saving what it computed."""
+
+
+class MassLost(RunError):
+    """More mass left the box than ``solver.mass_tol`` allows (status mass_lost)."""

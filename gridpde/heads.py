@@ -15,6 +15,7 @@ in the last d rows and columns of a 3 x 3 block of zeros (:func:`pad3`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +23,143 @@ import numpy as np
 HEAD_ARRAYS = ("Q", "K", "V")
 
 
-def random_heads(
-    layers: int, heads: int, head_dim: int, dim: int, scale: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random heads with i.i.d. N(0, scale^2) entries.
+@dataclass(frozen=True, eq=False)
+class Heads:
+    """L layers of M attention heads theta_{l,j} = (Q, K, V).
 
-    The draws are ``scale * rng.standard_normal(shape)`` from one
-    ``np.random.default_rng(seed)``, in the order Q, K, V, so a seed fixes
-    the heads on every platform.
+    Attributes:
+        Q: (L, M, k, d) query matrices.
+        K: (L, M, k, d) key matrices.
+        V: (L, M, d, d) value matrices.
+        scale_scores: the score is <Qx, Ky> / sqrt(k) instead of <Qx, Ky>.
 
-    Args:
-        layers: L >= 1, number of layers.
-        heads: M >= 1, heads per layer.
-        head_dim: k >= 1, rows of Q and K.
-        dim: d in {1, 2, 3}, token dimension.
-        scale: standard deviation sigma of every entry.
-        seed: seed of the generator.
-
-    Returns:
-        (Q, K, V) as float64 arrays, Q, K: (L, M, k, d), V: (L, M, d, d).
+    The arrays are validated (shapes, finite entries) and stored as
+    read-only float64 copies. Gradients with respect to the heads are
+    returned as ``Heads`` of the same shapes.
     """
-    rng = np.random.default_rng(seed)
-    qk_shape = (layers, heads, head_dim, dim)
-    Q = scale * rng.standard_normal(qk_shape)
-    K = scale * rng.standard_normal(qk_shape)
-    V = scale * rng.standard_normal((layers, heads, dim, dim))
-    return Q, K, V
+
+    Q: np.ndarray
+    K: np.ndarray
+    V: np.ndarray
+    scale_scores: bool = False
+
+    def __post_init__(self):
+        arrays = {}
+        for name in HEAD_ARRAYS:
+            a = np.array(getattr(self, name), dtype=np.float64)
+            a.setflags(write=False)
+            arrays[name] = a
+        Q, K, V = arrays.values()
+        if Q.ndim != 4 or K.shape != Q.shape or not 1 <= Q.shape[-1] <= 3:
+            msg = f"Heads: Q and K must both be (L, M, k, d) with 1 <= d <= 3; got {Q.shape} and {K.shape}"
+            raise ValueError(msg)
+        L, M, _, d = Q.shape
+        if V.shape != (L, M, d, d):
+            raise ValueError(f"Heads: V must be (L, M, d, d) = {(L, M, d, d)}; got {V.shape}")
+        for name, a in arrays.items():
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"Heads: {name} has non-finite entries")
+            object.__setattr__(self, name, a)
+        object.__setattr__(self, "scale_scores", bool(self.scale_scores))
+
+    # ------------------------------------------------------------ sizes
+    @property
+    def layers(self) -> int:
+        """L, the number of layers."""
+        return self.Q.shape[0]
+
+    @property
+    def width(self) -> int:
+        """M, the number of heads per layer."""
+        return self.Q.shape[1]
+
+    @property
+    def head_dim(self) -> int:
+        """k, the rows of Q and K."""
+        return self.Q.shape[2]
+
+    @property
+    def dim(self) -> int:
+        """d, the token dimension."""
+        return self.Q.shape[3]
+
+    # ------------------------------------------------------------ scores
+    @property
+    def B(self) -> np.ndarray:
+        """(L, M, d, d) score matrices of the scores the model uses (see :meth:`scores`)."""
+        return self.scores(self.scale_scores)
+
+    def scores(self, scaled: bool) -> np.ndarray:
+        """B = K^T Q, divided by sqrt(k) if ``scaled``, so that the score is (B x)·y."""
+        return score_matrices(self.Q, self.K, scaled)
+
+    def chain(self, B_bar: np.ndarray, V_bar: np.ndarray) -> Heads:
+        """The gradient in (Q, K, V) from dR/dB and dR/dV: dR/dQ = c K dR/dB, dR/dK = c Q (dR/dB)^T.
+
+        c = 1/sqrt(k) with ``scale_scores``, else 1.
+        """
+        c = 1.0 / np.sqrt(self.head_dim) if self.scale_scores else 1.0
+        # not validated: a gradient may hold NaN, which the caller reports (RiskResult.check_finite)
+        grad = object.__new__(Heads)
+        for name, a in zip(HEAD_ARRAYS, (c * self.K @ B_bar, c * self.Q @ np.swapaxes(B_bar, -1, -2), V_bar)):
+            object.__setattr__(grad, name, np.asarray(a, dtype=np.float64))
+        object.__setattr__(grad, "scale_scores", self.scale_scores)
+        return grad
+
+    # ------------------------------------------------------------ vectors
+    def flat(self) -> np.ndarray:
+        """Q, K, V as one vector (for optimisers), in that order."""
+        return np.concatenate([np.ravel(getattr(self, n)) for n in HEAD_ARRAYS])
+
+    def with_flat(self, x: np.ndarray) -> Heads:
+        """Heads of these shapes from a vector laid out like :meth:`flat`."""
+        x = np.asarray(x, dtype=np.float64)
+        sizes = np.cumsum([getattr(self, n).size for n in HEAD_ARRAYS])
+        if x.shape != (sizes[-1],):
+            raise ValueError(f"Heads.with_flat: expected a vector of {sizes[-1]} entries, got shape {x.shape}")
+        Q, K, V = (part.reshape(getattr(self, n).shape) for n, part in zip(HEAD_ARRAYS, np.split(x, sizes[:-1])))
+        return Heads(Q, K, V, self.scale_scores)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{"Q": Q, "K": K, "V": V}."""
+        return {n: getattr(self, n) for n in HEAD_ARRAYS}
+
+    def __repr__(self) -> str:
+        scaled = ", scale_scores=True" if self.scale_scores else ""
+        return f"Heads(L={self.layers}, M={self.width}, k={self.head_dim}, d={self.dim}{scaled})"
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def random(cls, layers: int, width: int, head_dim: int, dim: int, scale: float, seed: int,
+               scale_scores: bool = False) -> Heads:
+        """Heads with i.i.d. N(0, scale^2) entries.
+
+        The draws are ``scale * rng.standard_normal(shape)`` from one
+        ``np.random.default_rng(seed)``, in the order Q, K, V, so a seed
+        fixes the heads on every platform.
+        """
+        for name, n in (("layers", layers), ("width", width), ("head_dim", head_dim)):
+            if int(n) != n or n < 1:
+                raise ValueError(f"Heads.random: {name} = {n}: expected an integer >= 1")
+        if dim not in (1, 2, 3):
+            raise ValueError(f"Heads.random: dim = {dim}: expected 1, 2 or 3")
+        if not (np.isfinite(scale) and scale >= 0):
+            raise ValueError(f"Heads.random: scale = {scale}: expected a finite number >= 0")
+        rng = np.random.default_rng(seed)
+        qk_shape = (layers, width, head_dim, dim)
+        Q = scale * rng.standard_normal(qk_shape)
+        K = scale * rng.standard_normal(qk_shape)
+        V = scale * rng.standard_normal((layers, width, dim, dim))
+        return cls(Q, K, V, scale_scores)
+
+    @classmethod
+    def from_npz(cls, path: str | Path, scale_scores: bool = False) -> Heads:
+        """Heads from an ``.npz`` archive holding arrays Q, K, V (e.g. written by :meth:`save_npz`)."""
+        return cls(*load_heads_npz(path), scale_scores)
+
+    def save_npz(self, path: str | Path) -> None:
+        """Write Q, K, V to an ``.npz`` archive."""
+        np.savez(path, **self.arrays())
 
 
 def load_heads_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +255,7 @@ def pad_points(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def conditional_wasserstein(a: dict, b: dict) -> float:
+def conditional_wasserstein(a: Heads, b: Heads) -> float:
     """W_c between two head configurations of the same shape (MODEL.md section 5).
 
     W_c^2 = (1/L) sum_l W_2^2(nu_l, nu'_l), nu_l = (1/M) sum_j delta_{theta_{l,j}},
@@ -152,12 +264,12 @@ def conditional_wasserstein(a: dict, b: dict) -> float:
     ``linear_sum_assignment``).
 
     Args:
-        a, b: dicts with Q, K (L, M, k, d) and V (L, M, d, d).
+        a, b: heads of the same shapes.
     """
     from scipy.optimize import linear_sum_assignment
 
-    L, M = a["V"].shape[:2]
-    flat = [np.concatenate([h[k].reshape(L, M, -1) for k in ("Q", "K", "V")], axis=-1) for h in (a, b)]
+    L, M = a.layers, a.width
+    flat = [np.concatenate([getattr(h, k).reshape(L, M, -1) for k in HEAD_ARRAYS], axis=-1) for h in (a, b)]
     total = 0.0
     for layer in range(L):
         x, y = flat[0][layer], flat[1][layer]

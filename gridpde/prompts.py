@@ -1,30 +1,279 @@
-"""Prompts (token distributions) as grid densities.
+"""Prompts: the token distributions mu^p a case starts from, with what each kind can do.
 
-Cell averages are exact where a closed form exists and otherwise come from a
-tensor Gauss-Legendre rule inside each cell, whose error for the smooth
-densities here is far below round-off at any resolution a run uses:
+Every kind is a frozen dataclass, validated when built (in Python as
+strictly as in a case file) and stored as read-only float64 arrays. Each
+one knows how to become
 
-- gaussian, mixture: products of erf differences when the covariance is
-  diagonal (exact); otherwise ``GAUSS_POINTS`` Gauss-Legendre points per axis
-  and cell (error ~ h^(2q) d^(2q) rho / (2q)!, below 1e-15 for h <= sigma).
-- uniform box: exact overlap fractions.
-- tokens: cloud-in-cell deposit (each point's weight shared linearly between
-  the 2^d nearest cell centres; conservative, exact for the mean).
+- grid cell averages (:meth:`cell_averages`): exact where a closed form
+  exists (erf products for Gaussians and mixtures with diagonal covariance,
+  overlap fractions for boxes), otherwise a tensor Gauss-Legendre rule with
+  ``GAUSS_POINTS`` points per axis and cell (error ~ (h/sigma)^(2q) / (2q)!,
+  below 1e-15 for h <= sigma); tokens are deposited cloud-in-cell (each
+  point's weight shared linearly between the 2^d nearest cell centres;
+  conservative, exact for the mean);
+- weighted tokens for the particle method (:meth:`tokens`): ``sample`` (n
+  seeded i.i.d. draws, weights 1/n: a Monte Carlo error) or ``quadrature``
+  (q = round(n^(1/d)) points per axis at the cell centres of a box covering
+  the prompt, mean +- ``QUADRATURE_SIGMAS`` sd per component or the uniform
+  box itself, weighted by the density at the centres or by exact cell
+  averages; spectrally accurate for smooth prompts); a ``tokens`` prompt is
+  used as given;
+- Gauss-rule tokens (:meth:`gauss_tokens`): tensor Gauss-Hermite nodes per
+  Gaussian component, Gauss-Legendre for boxes, q per axis (the NTK
+  diagnostics' quadrature of Lambda_mu).
 
-Mass of the prompt that falls outside the box is not dropped: it is returned
-as ``outside`` and recorded as mass that left the box at s = 0.
+Mass of the prompt outside a grid's box is not dropped: :func:`cell_averages`
+returns it as ``outside`` (recorded as mass that left the box at s = 0).
+Mixture and token weights are normalised to sum 1 when built (the measure
+is a probability); their scale is divided out first, so that weights as
+large as 1e308 do not overflow.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 from scipy.special import ndtr
 
-from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import CaseError
 from gridpde.grid.mesh import Grid
 
 GAUSS_POINTS = 6
+QUADRATURE_SIGMAS = 8.0
+TokenInit = Literal["quadrature", "sample"]
+
+
+def _frozen(a) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+def spd_problem(cov: np.ndarray) -> str:
+    """"" if ``cov`` is a symmetric (rel. 1e-12) positive definite matrix, else what is wrong."""
+    if not np.all(np.isfinite(cov)):
+        return "finite numbers"
+    if np.max(np.abs(cov - cov.T)) > 1e-12 * np.max(np.abs(cov)):
+        return "a symmetric matrix (relative tolerance 1e-12)"
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return "a positive definite covariance matrix"
+    return ""
+
+
+def normalised_weights(w: np.ndarray, positive: bool) -> np.ndarray:
+    """w / sum(w) computed without overflow; ValueError unless w > 0 (or >= 0) with a positive sum."""
+    w = np.asarray(w, dtype=np.float64)
+    ok = np.all(np.isfinite(w)) and (np.all(w > 0) if positive else np.all(w >= 0)) and np.any(w > 0)
+    if not ok:
+        raise ValueError("positive numbers" if positive else "non-negative numbers with a positive sum")
+    w = w / w.max()
+    return w / w.sum()
+
+
+def _check_dim(d: int, what: str) -> None:
+    if not 1 <= d <= 3:
+        raise ValueError(f"{what}: the token dimension must be 1, 2 or 3, got {d}")
+
+
+class _Gaussians:
+    """Behaviour shared by a Gaussian and a Gaussian mixture (as components)."""
+
+    def components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        return self.components()[1].shape[1]
+
+    def cell_averages(self, grid: Grid, where: str = "prompt") -> np.ndarray:
+        weights, means, covs = self.components()
+        return sum(c * gaussian_cell_averages(grid, m, S) for c, m, S in zip(weights, means, covs))
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        weights, means, covs = self.components()
+        which = rng.choice(len(weights), size=n, p=weights)
+        z = rng.standard_normal((n, means.shape[1]))
+        chol = np.linalg.cholesky(covs)
+        return means[which] + np.einsum("nab,nb->na", chol[which], z), np.full(n, 1.0 / n)
+
+    def quadrature(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        weights, means, covs = self.components()
+        d = means.shape[1]
+        sd = np.sqrt(np.einsum("cii->ci", covs))
+        lo = np.min(means - QUADRATURE_SIGMAS * sd, axis=0)
+        hi = np.max(means + QUADRATURE_SIGMAS * sd, axis=0)
+        grid = Grid(tuple(lo), tuple(hi), (max(1, round(n ** (1 / d))),) * d)
+        X = grid.cell_centres()
+        w = sum(c * normal_pdf(X, m, S) for c, m, S in zip(weights, means, covs))
+        return _keep_positive(X, w)
+
+    def gauss_tokens(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        y, v = np.polynomial.hermite_e.hermegauss(q)
+        Xs, ws = [], []
+        for c, m, S in zip(*self.components()):
+            Y, W = _tensor_rule(y, v, m.size)
+            Xs.append(m + Y @ np.linalg.cholesky(S).T)
+            ws.append(c * W / W.sum())
+        return np.concatenate(Xs), np.concatenate(ws)
+
+
+class _PromptMethods:
+    def tokens(self, n: int, init: TokenInit = "quadrature", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted tokens (X (n', d), w (n',)) representing the prompt (see the module docstring)."""
+        if init == "sample":
+            return self.sample(n, np.random.default_rng(seed))
+        return self.quadrature(n)
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianPrompt(_Gaussians, _PromptMethods):
+    """N(mean, cov): mean (d,), cov (d, d) symmetric positive definite."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    kind: Literal["gaussian"] = "gaussian"
+
+    def __post_init__(self):
+        mean = _frozen(np.atleast_1d(self.mean))
+        d = mean.size
+        _check_dim(d, "GaussianPrompt.mean")
+        cov = np.array(self.cov, dtype=np.float64).reshape(-1)
+        if cov.size != d * d or mean.ndim != 1 or not np.all(np.isfinite(mean)):
+            raise ValueError(f"GaussianPrompt: expected a finite mean (d,) and cov (d, d), got "
+                             f"{np.shape(self.mean)} and {np.shape(self.cov)}")
+        cov = cov.reshape(d, d)
+        if problem := spd_problem(cov):
+            raise ValueError(f"GaussianPrompt.cov: expected {problem}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "cov", _frozen(0.5 * (cov + cov.T)))
+
+    def components(self):
+        return np.ones(1), self.mean[None], self.cov[None]
+
+
+@dataclass(frozen=True, eq=False)
+class MixturePrompt(_Gaussians, _PromptMethods):
+    """sum_c weights_c N(means_c, covs_c); weights > 0 (normalised to sum 1), covs SPD."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+    kind: Literal["mixture"] = "mixture"
+
+    def __post_init__(self):
+        try:
+            w = normalised_weights(np.atleast_1d(self.weights), positive=True)
+        except ValueError as exc:
+            raise ValueError(f"MixturePrompt.weights: expected {exc}") from None
+        c = w.size
+        means = np.array(self.means, dtype=np.float64)
+        if means.ndim == 1 and c == 1:
+            means = means[None]
+        if means.ndim != 2 or means.shape[0] != c or not np.all(np.isfinite(means)):
+            raise ValueError(f"MixturePrompt.means: expected finite (c, d) with c = {c}, got {means.shape}")
+        d = means.shape[1]
+        _check_dim(d, "MixturePrompt.means")
+        covs = np.array(self.covs, dtype=np.float64)
+        if covs.size != c * d * d:
+            raise ValueError(f"MixturePrompt.covs: expected (c, d, d) = {(c, d, d)}, got {covs.shape}")
+        covs = covs.reshape(c, d, d)
+        for j, S in enumerate(covs):
+            if problem := spd_problem(S):
+                raise ValueError(f"MixturePrompt.covs[{j}]: expected {problem}")
+        object.__setattr__(self, "weights", _frozen(w))
+        object.__setattr__(self, "means", _frozen(means))
+        object.__setattr__(self, "covs", _frozen(0.5 * (covs + np.swapaxes(covs, 1, 2))))
+
+    def components(self):
+        return self.weights, self.means, self.covs
+
+
+@dataclass(frozen=True, eq=False)
+class UniformPrompt(_PromptMethods):
+    """The uniform distribution on the box [lower, upper], upper > lower on every axis."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    kind: Literal["uniform"] = "uniform"
+
+    def __post_init__(self):
+        lo, hi = _frozen(np.atleast_1d(self.lower)), _frozen(np.atleast_1d(self.upper))
+        _check_dim(lo.size, "UniformPrompt.lower")
+        if lo.shape != hi.shape or lo.ndim != 1 or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ValueError(f"UniformPrompt: expected finite lower and upper of one shape (d,), "
+                             f"got {np.shape(self.lower)} and {np.shape(self.upper)}")
+        if not np.all(hi > lo):
+            raise ValueError("UniformPrompt.upper: expected upper > lower on every axis")
+        object.__setattr__(self, "lower", lo)
+        object.__setattr__(self, "upper", hi)
+
+    @property
+    def dim(self) -> int:
+        return self.lower.size
+
+    def cell_averages(self, grid: Grid, where: str = "prompt") -> np.ndarray:
+        return uniform_cell_averages(grid, self.lower, self.upper)
+
+    def sample(self, n: int, rng: np.random.Generator):
+        return rng.uniform(self.lower, self.upper, size=(n, self.dim)), np.full(n, 1.0 / n)
+
+    def quadrature(self, n: int):
+        grid = Grid(tuple(self.lower), tuple(self.upper), (max(1, round(n ** (1 / self.dim))),) * self.dim)
+        return _keep_positive(grid.cell_centres(), uniform_cell_averages(grid, self.lower, self.upper))
+
+    def gauss_tokens(self, q: int):
+        y, v = np.polynomial.legendre.leggauss(q)
+        Y, W = _tensor_rule(y, v, self.dim)
+        return self.lower + (Y + 1.0) / 2.0 * (self.upper - self.lower), W / W.sum()
+
+
+@dataclass(frozen=True, eq=False)
+class TokensPrompt(_PromptMethods):
+    """Weighted tokens sum_i w_i delta_{x_i}: points (n, d), weights (n,) >= 0 (normalised to sum 1)."""
+
+    points: np.ndarray
+    weights: np.ndarray | None = None
+    kind: Literal["tokens"] = "tokens"
+
+    def __post_init__(self):
+        X = np.array(self.points, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
+            raise ValueError(f"TokensPrompt.points: expected finite (n, d), got shape {np.shape(self.points)}")
+        _check_dim(X.shape[1], "TokensPrompt.points")
+        n = X.shape[0]
+        w = np.full(n, 1.0 / n) if self.weights is None else np.array(self.weights, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"TokensPrompt.weights: expected shape ({n},), got {w.shape}")
+        try:
+            w = normalised_weights(w, positive=False)
+        except ValueError as exc:
+            raise ValueError(f"TokensPrompt.weights: expected {exc}") from None
+        object.__setattr__(self, "points", _frozen(X))
+        object.__setattr__(self, "weights", _frozen(w))
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def cell_averages(self, grid: Grid, where: str = "prompt") -> np.ndarray:
+        return _deposit_tokens(grid, self.points, self.weights, where)
+
+    def tokens(self, n: int = 0, init: TokenInit = "quadrature", seed: int = 0):
+        """The tokens as given (``n``, ``init`` and ``seed`` do not apply)."""
+        return np.array(self.points), np.array(self.weights)
+
+    def gauss_tokens(self, q: int = 0):
+        return self.tokens()
+
+
+Prompt = GaussianPrompt | MixturePrompt | UniformPrompt | TokensPrompt
+PROMPT_KINDS = {cls.kind: cls for cls in (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)}
 
 
 def cell_averages(prompt: Prompt, grid: Grid, where: str = "prompt") -> tuple[np.ndarray, float]:
@@ -39,21 +288,10 @@ def cell_averages(prompt: Prompt, grid: Grid, where: str = "prompt") -> tuple[np
         (rho, outside): rho of shape ``grid.shape`` (mass per volume) and
         1 - sum(rho) * cell volume, the mass of the prompt outside the box.
     """
-    if isinstance(prompt, GaussianPrompt):
-        rho = gaussian_cell_averages(grid, prompt.mean, prompt.cov)
-    elif isinstance(prompt, MixturePrompt):
-        rho = sum(
-            w * gaussian_cell_averages(grid, m, c)
-            for w, m, c in zip(prompt.weights, prompt.means, prompt.covs)
-        )
-    elif isinstance(prompt, UniformPrompt):
-        rho = uniform_cell_averages(grid, prompt.lower, prompt.upper)
-    elif isinstance(prompt, TokensPrompt):
-        rho = _deposit_tokens(grid, prompt.points, prompt.weights, where)
-    else:  # pragma: no cover - the case reader admits no other kind
-        raise TypeError(f"unknown prompt {prompt!r}")
-    outside = 1.0 - grid.mass(rho)
-    return rho, max(outside, 0.0)
+    if prompt.dim != grid.dim:
+        raise CaseError(f"{where}: a {prompt.dim}-D prompt on a {grid.dim}-D grid")
+    rho = prompt.cell_averages(grid, where)
+    return rho, max(1.0 - grid.mass(rho), 0.0)
 
 
 def gaussian_cell_averages(grid: Grid, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -132,3 +370,17 @@ def _deposit_tokens(grid: Grid, points: np.ndarray, weights: np.ndarray, where: 
         idx = np.clip(idx, 0, n - 1)
         np.add.at(rho, tuple(idx.T), share)
     return rho / grid.cell_volume
+
+
+def _keep_positive(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens X (..., d) with weights w (...): zero weights dropped, the rest normalised."""
+    X = X.reshape(-1, X.shape[-1])
+    w = w.ravel()
+    keep = w > 0
+    return X[keep], w[keep] / w[keep].sum()
+
+
+def _tensor_rule(y: np.ndarray, v: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    Y = np.stack(np.meshgrid(*(y,) * d, indexing="ij"), axis=-1).reshape(-1, d)
+    W = np.prod(np.stack(np.meshgrid(*(v,) * d, indexing="ij"), axis=-1).reshape(-1, d), axis=1)
+    return Y, W

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gridpde.casefile import parse_case
+from gridpde.heads import Heads
 from gridpde.objective.gradcheck import gradient_checks
 from gridpde.objective.problem import Problem
 
@@ -72,8 +73,7 @@ mass_tol = 0.05
 
 def _problem(text, method="grid", scheme="upwind", time="ssprk3", integrator="rk4"):
     case = parse_case(text.format(method=method, scheme=scheme, time=time, integrator=integrator))
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    return Problem(case), heads
+    return Problem(case), case.heads
 
 
 @pytest.mark.parametrize(
@@ -111,9 +111,9 @@ def test_muscl_gradient_with_frozen_branches(text):
 def test_gradient_is_zero_at_the_teacher():
     problem, heads = _problem(CASE_1D)
     t = problem.case.loss.teacher
-    res = problem.risk_and_grad(t.Q, t.K, t.V)
+    res = problem.risk_and_grad(t)
     assert res.risk < 1e-28
-    assert max(np.abs(g).max() for g in res.grad.values()) < 1e-14
+    assert np.abs(res.grad.flat()).max() < 1e-14
 
 
 def test_schedule_covers_the_teacher_and_refines_for_good():
@@ -122,20 +122,21 @@ def test_schedule_covers_the_teacher_and_refines_for_good():
     recomputed on it (zero risk at the teacher still), and the result is that of the refined risk."""
     problem, heads = _problem(CASE_1D)
     t = problem.case.loss.teacher
-    for Q, K, V in ((heads["Q"], heads["K"], heads["V"]), (t.Q, t.K, t.V)):
-        solver = problem._grid_solver(problem._B(Q, K), V)
-        for p, rho in enumerate(problem.initial):
+    for h in (heads, t):
+        solver = problem.method.solver(h)
+        for p, st in enumerate(problem.initial):
             own: list[int] = []
-            solver.solve(rho, 0.0, 1.0, schedule=own)
+            solver.solve(st.rho, 0.0, 1.0, schedule=own)
             assert all(a >= b for a, b in zip(problem.schedules[p], own))
     before = [list(s) for s in problem.schedules]
-    fast = problem.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"])
+    fast_heads = Heads(heads.Q, heads.K, 3.0 * heads.V)
+    fast = problem.risk_and_grad(fast_heads)
     refinements = problem.version
     assert refinements >= 1
     assert all(a >= 2 * b for s, s0 in zip(problem.schedules, before) for a, b in zip(s, s0))
-    again = problem.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"])
+    again = problem.risk_and_grad(fast_heads)
     assert problem.version == refinements and again.risk == fast.risk
     fresh, _ = _problem(CASE_1D)
     fresh.use_schedules(problem.schedules)
-    assert fresh.risk_and_grad(heads["Q"], heads["K"], 3.0 * heads["V"]).risk == fast.risk
-    assert problem.risk_and_grad(t.Q, t.K, t.V).risk < 1e-28
+    assert fresh.risk_and_grad(fast_heads).risk == fast.risk
+    assert problem.risk_and_grad(t).risk < 1e-28

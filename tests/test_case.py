@@ -3,18 +3,11 @@
 import numpy as np
 import pytest
 
-from gridpde.casefile import (
-    Case,
-    GaussianPrompt,
-    HeadsSpec,
-    MixturePrompt,
-    TokensPrompt,
-    UniformPrompt,
-    load_case,
-    parse_case,
-)
+from gridpde.casefile import load_case, parse_case
 from gridpde.errors import CaseError
-from gridpde.heads import random_heads
+from gridpde.heads import Heads
+from gridpde.prompts import GaussianPrompt, MixturePrompt, TokensPrompt, UniformPrompt
+from gridpde.spec import Case
 
 np.seterr(all="raise", under="ignore")
 
@@ -83,8 +76,8 @@ def test_valid_case_parses():
     assert case.dim == 2 and case.text == CASE and case.source == "mem.toml"
     assert case.grid.lower == (-6.0, -6.0) and case.grid.upper == (6.0, 6.0)
     assert case.grid.cells == (64, 32)
-    m = case.model
-    assert (m.layers, m.heads, m.head_dim, m.scale_scores) == (1, 2, 2, False)
+    m = case.heads
+    assert (m.layers, m.width, m.head_dim, m.scale_scores) == (1, 2, 2, False)
     assert m.Q.shape == m.K.shape == m.V.shape == (1, 2, 2, 2)
     assert m.Q.dtype == np.float64 and not m.Q.flags.writeable
     np.testing.assert_array_equal(m.V[0, 1], [[0, 1], [-1, 0]])
@@ -116,7 +109,7 @@ def _with_model(model: str) -> str:
 
 
 def test_heads_file_relative_to_case(tmp_path):
-    Q, K, V = random_heads(2, 1, 3, 2, scale=1.0, seed=5)
+    Q, K, V = Heads.random(2, 1, 3, 2, scale=1.0, seed=5).arrays().values()
     np.savez(tmp_path / "heads.npz", Q=Q, K=K, V=V)
     path = tmp_path / "case.toml"
     path.write_text(
@@ -124,9 +117,9 @@ def test_heads_file_relative_to_case(tmp_path):
     )
     case = load_case(path)
     assert case.source == str(path)
-    np.testing.assert_array_equal(case.model.Q, Q)
-    np.testing.assert_array_equal(case.model.V, V)
-    assert not case.model.K.flags.writeable
+    np.testing.assert_array_equal(case.heads.Q, Q)
+    np.testing.assert_array_equal(case.heads.V, V)
+    assert not case.heads.K.flags.writeable
 
 
 def test_heads_file_missing_or_incomplete(tmp_path):
@@ -145,14 +138,14 @@ def test_heads_file_missing_or_incomplete(tmp_path):
         parse_case(text, base_dir=tmp_path)
 
 
-def test_random_init_matches_random_heads():
+def test_random_init_matches_heads_random():
     text = _with_model(
         "[model]\nlayers = 3\nheads = 2\nhead_dim = 1\nscale_scores = true\n"
         "init = { scale = 0.5, seed = 4 }\n"
     )
-    model = parse_case(text).model
+    model = parse_case(text).heads
     assert model.scale_scores
-    expected = random_heads(3, 2, 1, 2, 0.5, 4)
+    expected = Heads.random(3, 2, 1, 2, 0.5, 4).arrays().values()
     for got, want in zip((model.Q, model.K, model.V), expected, strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -164,7 +157,7 @@ def test_heads_without_leading_unit_axes():
         "Q = [[[1, 2]], [[3, 4]]]\nK = [[[1, 0]], [[0, 1]]]\n"
         "V = [[[1, 0], [0, 1]], [[2, 0], [0, 2]]]\n"
     )
-    model = parse_case(text).model
+    model = parse_case(text).heads
     assert model.Q.shape == (1, 2, 1, 2) and model.V.shape == (1, 2, 2, 2)
     np.testing.assert_array_equal(model.Q[0, 1, 0], [3, 4])
 
@@ -199,7 +192,7 @@ init = "sample"
 """
     case = parse_case(text)
     assert case.grid is None
-    assert case.model.Q.shape == (1, 1, 1, 1)
+    assert case.heads.Q.shape == (1, 1, 1, 1)
     gauss, mix, tok = case.prompts
     np.testing.assert_array_equal(gauss.cov, [[2.0]])
     np.testing.assert_array_equal(mix.covs, [[[0.5]], [[0.25]]])
@@ -231,8 +224,8 @@ def test_mmd_with_teacher_init():
     case = parse_case(text)
     loss = case.loss
     assert (loss.kind, loss.sigma, loss.centre) == ("mmd", 0.5, None)
-    assert isinstance(loss.teacher, HeadsSpec)
-    expected = random_heads(1, 2, 2, 2, 0.5, 7)
+    assert isinstance(loss.teacher, Heads)
+    expected = Heads.random(1, 2, 2, 2, 0.5, 7).arrays().values()
     for got, want in zip((loss.teacher.Q, loss.teacher.K, loss.teacher.V), expected, strict=True):
         assert got.shape == want.shape and not got.flags.writeable
         np.testing.assert_array_equal(got, want)
@@ -243,9 +236,9 @@ def test_mmd_with_teacher_init():
 def test_teacher_inline_and_from_file(tmp_path):
     inline = MODEL.replace("[model]\nlayers = 1\nheads = 2\nhead_dim = 2\n", "[loss.teacher]\n")
     case = parse_case(CASE + LOSS + inline)
-    np.testing.assert_array_equal(case.loss.teacher.Q, case.model.Q)
-    np.testing.assert_array_equal(case.loss.teacher.V, case.model.V)
-    Q, K, V = random_heads(1, 2, 2, 2, scale=1.0, seed=2)
+    np.testing.assert_array_equal(case.loss.teacher.Q, case.heads.Q)
+    np.testing.assert_array_equal(case.loss.teacher.V, case.heads.V)
+    Q, K, V = Heads.random(1, 2, 2, 2, scale=1.0, seed=2).arrays().values()
     np.savez(tmp_path / "teacher.npz", Q=Q, K=K, V=V)
     text = CASE + LOSS + '[loss.teacher]\nheads_file = "teacher.npz"\n'
     case = parse_case(text, base_dir=tmp_path)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gridpde.heads import load_heads_npz, pad3, pad_points, random_heads, score_matrices
+from gridpde.heads import Heads, conditional_wasserstein, pad3, pad_points, score_matrices
 
 np.seterr(all="raise", under="ignore")
 
@@ -13,7 +13,7 @@ np.seterr(all="raise", under="ignore")
 def test_score_matrices_give_the_attention_score(dim, scale_scores):
     rng = np.random.default_rng(1)
     L, M, k = 2, 3, 4
-    Q, K, _ = random_heads(L, M, k, dim, scale=1.0, seed=2)
+    Q, K, _ = Heads.random(L, M, k, dim, scale=1.0, seed=2).arrays().values()
     B = score_matrices(Q, K, scale_scores=scale_scores)
     assert B.shape == (L, M, dim, dim)
     factor = 1 / np.sqrt(k) if scale_scores else 1.0
@@ -28,7 +28,7 @@ def test_score_matrices_give_the_attention_score(dim, scale_scores):
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_padding_preserves_scores_and_values(dim):
     rng = np.random.default_rng(3)
-    Q, K, V = random_heads(2, 2, 3, dim, scale=1.0, seed=4)
+    Q, K, V = Heads.random(2, 2, 3, dim, scale=1.0, seed=4).arrays().values()
     B = score_matrices(Q, K)
     x, y = rng.standard_normal((2, dim))
     Bp, Vp, xp, yp = pad3(B), pad3(V), pad_points(x), pad_points(y)
@@ -50,10 +50,10 @@ def test_padding_rejects_bad_shapes():
         pad_points(np.zeros((2, 4)))
 
 
-def test_random_heads_are_reproducible_by_seed():
-    a = random_heads(2, 3, 2, 2, scale=0.5, seed=7)
-    b = random_heads(2, 3, 2, 2, scale=0.5, seed=7)
-    c = random_heads(2, 3, 2, 2, scale=0.5, seed=8)
+def test_heads_random_is_reproducible_by_seed():
+    a = list(Heads.random(2, 3, 2, 2, scale=0.5, seed=7).arrays().values())
+    b = list(Heads.random(2, 3, 2, 2, scale=0.5, seed=7).arrays().values())
+    c = list(Heads.random(2, 3, 2, 2, scale=0.5, seed=8).arrays().values())
     assert [x.shape for x in a] == [(2, 3, 2, 2), (2, 3, 2, 2), (2, 3, 2, 2)]
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -65,11 +65,41 @@ def test_random_heads_are_reproducible_by_seed():
     np.testing.assert_array_equal(a[2], 0.5 * rng.standard_normal((2, 3, 2, 2)))
 
 
-def test_load_heads_npz(tmp_path):
-    Q, K, V = random_heads(1, 2, 2, 2, scale=1.0, seed=0)
-    np.savez(tmp_path / "h.npz", Q=Q, K=K, V=V)
-    for got, want in zip(load_heads_npz(tmp_path / "h.npz"), (Q, K, V), strict=True):
-        np.testing.assert_array_equal(got, want)
-    np.savez(tmp_path / "bad.npz", Q=Q, K=K)
+def test_heads_npz_round_trip_and_missing_array(tmp_path):
+    heads = Heads.random(1, 2, 2, 2, scale=1.0, seed=0)
+    heads.save_npz(tmp_path / "h.npz")
+    back = Heads.from_npz(tmp_path / "h.npz")
+    np.testing.assert_array_equal(back.flat(), heads.flat())
+    np.savez(tmp_path / "bad.npz", Q=heads.Q, K=heads.K)
     with pytest.raises(ValueError, match="V"):
-        load_heads_npz(tmp_path / "bad.npz")
+        Heads.from_npz(tmp_path / "bad.npz")
+
+
+def test_heads_type_scores_flattening_and_chain_rule():
+    h = Heads.random(2, 3, 4, 2, scale=1.0, seed=1, scale_scores=True)
+    assert (h.layers, h.width, h.head_dim, h.dim) == (2, 3, 4, 2)
+    np.testing.assert_allclose(h.B, h.scores(False) / 2.0, rtol=1e-15)  # 1/sqrt(k), k = 4
+    x = h.flat()
+    assert x.shape == (2 * 3 * (4 * 2 * 2 + 4),)
+    np.testing.assert_array_equal(h.with_flat(x).flat(), x)
+    assert h.with_flat(x).scale_scores
+    # chain rule: d/dt f(B(Q + t dQ, K + t dK)) with f = <G, B>, against <chain(G), (dQ, dK)>
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal(h.B.shape)
+    g = h.chain(G, np.zeros(h.V.shape))
+    d = rng.standard_normal(x.size)
+    eps = 1e-6
+    fd = (np.sum(G * h.with_flat(x + eps * d).B) - np.sum(G * h.with_flat(x - eps * d).B)) / (2 * eps)
+    assert abs(fd - g.flat() @ d) <= 1e-8 * abs(fd)
+    assert conditional_wasserstein(h, h) == 0.0
+
+
+@pytest.mark.parametrize("bad", [
+    {"Q": np.zeros((1, 1, 1, 2)), "K": np.zeros((1, 1, 1, 3)), "V": np.zeros((1, 1, 2, 2))},
+    {"Q": np.zeros((1, 1, 1, 2)), "K": np.zeros((1, 1, 1, 2)), "V": np.zeros((1, 1, 3, 3))},
+    {"Q": np.zeros((1, 1, 2)), "K": np.zeros((1, 1, 2)), "V": np.zeros((1, 2, 2))},
+    {"Q": np.full((1, 1, 1, 2), np.nan), "K": np.zeros((1, 1, 1, 2)), "V": np.zeros((1, 1, 2, 2))},
+])
+def test_heads_reject_bad_shapes_and_nan(bad):
+    with pytest.raises(ValueError, match="Heads"):
+        Heads(**bad)

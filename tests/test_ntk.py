@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
-from gridpde.casefile import GaussianPrompt, MixturePrompt
+from gridpde.measures import GridMeasure, TokenMeasure
+from gridpde.prompts import GaussianPrompt, MixturePrompt
 from gridpde.grid.mesh import Grid
 from gridpde.ntk.diagnostics import (
     as_measure,
     basis_matrix,
     lse_across_prompts,
     lse_per_prompt,
-    measure_from_grid,
-    measure_from_tokens,
     ntk_diagnostics,
     probe_heads,
     prompt_measure,
@@ -31,7 +30,7 @@ def mixture_1d():
 
 
 def tokens(rng, n, d):
-    return measure_from_tokens(rng.uniform(0.3, 2.0, (n, d)), 0.5 + rng.random(n))
+    return TokenMeasure(rng.uniform(0.3, 2.0, (n, d)), 0.5 + rng.random(n)).normalised()
 
 
 def softmax_means(X, w, B):
@@ -56,10 +55,10 @@ def test_tangent_matrix_is_G_a_at_the_probe_heads(rng, basis):
         r = W.shape[1]
         c = coef[col : col + r * d].reshape(r, d)
         col += r * d
-        a = (W @ c) / np.sqrt(mu.w)[:, None]  # a^p(x_i) = sum_j c_j phi_j(x_i)
+        a = (W @ c) / np.sqrt(mu.weights)[:, None]  # a^p(x_i) = sum_j c_j phi_j(x_i)
         for k in range(6):
-            att = softmax_means(mu.X, mu.w, probes.B[k]) @ probes.V[k].T
-            expect[k] += np.sum(mu.w[:, None] * a * att)
+            att = softmax_means(mu.points, mu.weights, probes.B[k]) @ probes.V[k].T
+            expect[k] += np.sum(mu.weights[:, None] * a * att)
     np.testing.assert_allclose(A @ coef, expect, rtol=1e-12, atol=1e-12 * np.abs(expect).max())
 
 
@@ -68,7 +67,7 @@ def test_basis_is_orthonormal_in_L2_mu():
     W = basis_matrix(mu, "poly", 4)
     assert W.shape == (mu.size, 5)
     np.testing.assert_allclose(W.T @ W, np.eye(5), atol=1e-12)
-    dirac = measure_from_tokens(np.array([[0.7, -0.4]]), np.ones(1))
+    dirac = TokenMeasure(np.array([[0.7, -0.4]]), np.ones(1)).normalised()
     assert basis_matrix(dirac, "poly", 3).shape == (1, 1)  # only constants survive on one point
 
 
@@ -112,7 +111,7 @@ def test_reading_a_for_a_gaussian_keeps_only_the_quadratic_part(d, basis):
 @pytest.mark.parametrize("d", [1, 2])
 def test_dirac_lambda_is_linear_but_its_tangent_map_is_injective(d):
     x0 = np.linspace(0.7, -0.4, d)[None]
-    dirac = measure_from_tokens(x0, np.ones(1))
+    dirac = TokenMeasure(x0, np.ones(1)).normalised()
     (a,) = lse_per_prompt([dirac], basis="tokens")
     b = lse_across_prompts([dirac])
     assert a.rank == 0 and a.rel_min < 1e-14 and b.rank == 0 and b.rel_min < 1e-14
@@ -120,7 +119,7 @@ def test_dirac_lambda_is_linear_but_its_tangent_map_is_injective(d):
     assert t.full and t.rel_min > 1e-3
     (const,) = lse_per_prompt([dirac], basis="tokens", modulo="constant")
     assert const.full
-    origin = measure_from_tokens(np.zeros((1, d)), np.ones(1))
+    origin = TokenMeasure(np.zeros((1, d)), np.ones(1)).normalised()
     assert tangent_map([origin], basis="tokens").rank == 0
 
 
@@ -142,12 +141,12 @@ def test_symmetric_prompt_sends_even_fields_to_zero(rng):
     """mu symmetric about 0: m(-z) = -m(z), so a = const (even) has G_a = 0."""
     half = rng.uniform(0.3, 2.0, (4, 2))
     w = np.tile(0.5 + rng.random(4), 2)
-    mu = measure_from_tokens(np.vstack([half, -half]), w)
+    mu = TokenMeasure(np.vstack([half, -half]), w).normalised()
     probes = probe_heads(20, 2, scale=1.0, seed=1)
     A = tangent_matrix([mu], probes, "tokens")
     for c in range(2):
         coef = np.zeros((mu.size, 2))
-        coef[:, c] = np.sqrt(mu.w)  # a(x_i) = e_c
+        coef[:, c] = np.sqrt(mu.weights)  # a(x_i) = e_c
         assert np.abs(A @ coef.ravel()).max() < 1e-13 * np.abs(A).max()
     assert tangent_map([mu], basis="tokens", scale=1.0).kernel_dim >= 2
 
@@ -192,15 +191,15 @@ def test_measure_adapters():
     grid = Grid((0.0, 0.0), (1.0, 2.0), (4, 5))
     rho = np.zeros(grid.shape)
     rho[1, 2], rho[3, 4] = 2.0, 6.0
-    mu = measure_from_grid(grid, rho)
-    np.testing.assert_allclose(mu.X, [[0.375, 1.0], [0.875, 1.8]])
-    np.testing.assert_allclose(mu.w, [0.25, 0.75])
+    mu = GridMeasure(grid, rho).tokens()
+    np.testing.assert_allclose(mu.points, [[0.375, 1.0], [0.875, 1.8]])
+    np.testing.assert_allclose(mu.weights, [0.25, 0.75])
     nu = as_measure((grid, rho))
-    np.testing.assert_array_equal(nu.X, mu.X)
+    np.testing.assert_array_equal(nu.points, mu.points)
     t = as_measure((np.array([0.1, 0.2, 0.3]), np.array([1.0, 0.0, 3.0])))
-    assert t.X.shape == (2, 1) and np.allclose(t.w, [0.25, 0.75])
+    assert t.points.shape == (2, 1) and np.allclose(t.weights, [0.25, 0.75])
     with pytest.raises(ValueError, match="weights"):
-        measure_from_tokens(np.zeros((2, 1)), np.array([1.0, -1.0]))
+        TokenMeasure(np.zeros((2, 1)), np.array([1.0, -1.0])).normalised()
     with pytest.raises(TypeError, match="cannot read a measure"):
         as_measure("tokens")
 

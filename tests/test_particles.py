@@ -2,10 +2,10 @@ import numpy as np
 from gridpde.attention.direct import attention_velocity
 from gridpde.attention.reference import reference_velocity
 from gridpde.attention.tensor import tensor_velocity
-from gridpde.casefile import GaussianPrompt, TokensPrompt, UniformPrompt
+from gridpde.prompts import GaussianPrompt, TokensPrompt, UniformPrompt
 from gridpde.grid.forward import GridForward
 from gridpde.heads import pad3, pad_points
-from gridpde.particles.solver import ParticleForward, prompt_tokens, token_moments
+from gridpde.particles.solver import ParticleForward, token_moments
 from gridpde.prompts import gaussian_cell_averages
 from gridpde.validation.problems import gaussian_problem
 
@@ -30,7 +30,7 @@ def test_euler_with_one_substep_is_the_residual_transformer(rng):
 def test_rk4_quadrature_tokens_follow_the_exact_gaussian():
     problem = gaussian_problem(2)
     (m1,), (S1,) = problem.exact()
-    X, w = prompt_tokens(GaussianPrompt(problem.mean, problem.cov), 1024, "quadrature")
+    X, w = GaussianPrompt(problem.mean, problem.cov).tokens(1024, "quadrature")
     out = ParticleForward(problem.B, problem.V, "rk4", 8).solve(X, w, 0, 16)
     _, m, S = token_moments(out, w)
     assert np.abs(m - m1).max() < 1e-7 and np.abs(S - S1).max() < 1e-7
@@ -39,7 +39,7 @@ def test_rk4_quadrature_tokens_follow_the_exact_gaussian():
 def test_rk4_converges_at_fourth_order_in_depth():
     problem = gaussian_problem(1)
     (m1,), (S1,) = problem.exact()
-    X, w = prompt_tokens(GaussianPrompt(problem.mean, problem.cov), 400, "quadrature")
+    X, w = GaussianPrompt(problem.mean, problem.cov).tokens(400, "quadrature")
     errs = []
     for sub in (2, 4, 8):
         out = ParticleForward(problem.B, problem.V, "rk4", sub).solve(X, w, 0, 2 * sub)
@@ -51,19 +51,19 @@ def test_rk4_converges_at_fourth_order_in_depth():
 
 def test_token_initialisations():
     g = GaussianPrompt(np.array([0.5, -1.0]), np.array([[1.0, 0.3], [0.3, 0.5]]))
-    X1, w1 = prompt_tokens(g, 500, "sample", seed=7)
-    X2, _ = prompt_tokens(g, 500, "sample", seed=7)
+    X1, w1 = g.tokens(500, "sample", seed=7)
+    X2, _ = g.tokens(500, "sample", seed=7)
     assert X1.shape == (500, 2) and np.array_equal(X1, X2) and np.allclose(w1, 1 / 500)
-    Xq, wq = prompt_tokens(g, 900, "quadrature")
+    Xq, wq = g.tokens(900, "quadrature")
     assert abs(wq.sum() - 1) < 1e-15 and len(wq) <= 900
     _, m, S = token_moments(Xq, wq)
     np.testing.assert_allclose(m, g.mean, atol=1e-12)
     np.testing.assert_allclose(S, g.cov, atol=1e-12)
-    Xu, wu = prompt_tokens(UniformPrompt(np.array([0.0]), np.array([2.0])), 10, "quadrature")
+    Xu, wu = UniformPrompt(np.array([0.0]), np.array([2.0])).tokens(10, "quadrature")
     np.testing.assert_allclose(Xu[:, 0], 0.1 + 0.2 * np.arange(10))
     np.testing.assert_allclose(wu, 0.1)
     pts = np.array([[0.0], [1.0]])
-    Xt, wt = prompt_tokens(TokensPrompt(pts, np.array([0.25, 0.75])), 99, "sample")
+    Xt, wt = TokensPrompt(pts, np.array([0.25, 0.75])).tokens(99, "sample")
     assert np.array_equal(Xt, pts) and np.array_equal(wt, [0.25, 0.75])
 
 

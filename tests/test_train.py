@@ -11,7 +11,7 @@ import pytest
 import gridpde.train.flow as train_module
 from gridpde.casefile import TrainSpec, parse_case
 from gridpde.cli import main
-from gridpde.heads import conditional_wasserstein, random_heads
+from gridpde.heads import Heads, conditional_wasserstein
 from gridpde.objective.problem import Problem, RiskResult
 from gridpde.train.flow import TrainRecord, TrainState, train
 
@@ -52,25 +52,21 @@ def _implicit(text: str, **train) -> str:
     return text.replace("[train]\n", "[train]\nscheme = \"implicit\"\n" + lines)
 
 
-def _flat(heads: dict) -> np.ndarray:
-    return np.concatenate([np.ravel(heads[k]) for k in "QKV"])
-
-
 def test_conditional_wasserstein_is_an_assignment_per_layer(rng):
-    a = dict(zip("QKV", random_heads(3, 4, 2, 2, 1.0, 1)))
-    perm = {k: v[:, [2, 0, 3, 1]] for k, v in a.items()}  # heads reordered inside layers
+    a = Heads.random(3, 4, 2, 2, 1.0, 1)
+    perm = Heads(*(v[:, [2, 0, 3, 1]] for v in a.arrays().values()))  # heads reordered inside layers
     assert conditional_wasserstein(a, perm) == 0.0
-    shifted = {k: v + 0.1 for k, v in a.items()}
-    n = sum(v[0, 0].size for v in a.values())  # entries per head
+    shifted = a.with_flat(a.flat() + 0.1)
+    n = sum(v[0, 0].size for v in a.arrays().values())  # entries per head
     assert conditional_wasserstein(a, shifted) == pytest.approx(0.1 * np.sqrt(n), rel=1e-12)
 
 
 def test_risk_decreases_monotonically_with_backtracking(tmp_path):
     case = parse_case(CASE.format(steps=8, path=tmp_path / "x.h5"))
     problem = Problem(case)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    heads = case.heads
     rec = TrainRecord()
-    state = train(problem, case.train, TrainState(0, dict(heads)), heads, rec)
+    state = train(problem, case.train, TrainState(0, heads), heads, rec)
     assert state.step == 8 and state.status == "finished"
     assert np.all(np.diff(rec.risk) <= 0) and rec.risk[-1] < rec.risk[0]
     assert rec.w_c[0] == 0.0 and rec.w_c[-1] > 0.0
@@ -167,9 +163,9 @@ def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, mo
     real = Problem.risk_and_grad
     calls = {"n": 0}
 
-    def poisoned(self, Q, K, V):
+    def poisoned(self, heads):
         calls["n"] += 1
-        res = real(self, Q, K, V)
+        res = real(self, heads)
         if calls["n"] >= first_bad:  # from step 3 on: backtracking cannot escape
             res.risk = float("nan")
         return res
@@ -187,14 +183,14 @@ def test_implicit_step_solves_the_implicit_euler_equation(tmp_path):
     """theta' = theta - lr L M grad R(theta'), to the inner tolerance, and R(theta') <= R(theta) - |d|^2 / (2 lr L M)."""
     case = parse_case(_implicit(CASE.format(steps=1, path=tmp_path / "x.h5"), inner_tol=1e-9, inner_steps=200))
     problem = Problem(case)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    state = train(problem, case.train, TrainState(0, dict(heads)), heads, TrainRecord())
-    new = problem.risk_and_grad(**state.heads)
+    heads = case.heads
+    state = train(problem, case.train, TrainState(0, heads), heads, TrainRecord())
+    new = problem.risk_and_grad(state.heads)
     LM, lr = 4, case.train.lr
-    step = _flat(state.heads) - _flat(heads)
-    residual = step + lr * LM * _flat(new.grad)
+    step = state.heads.flat() - heads.flat()
+    residual = step + lr * LM * new.grad.flat()
     assert np.linalg.norm(residual) <= 1e-7 * np.linalg.norm(step)
-    assert new.risk <= problem.risk(**heads).risk - step @ step / (2 * lr * LM)
+    assert new.risk <= problem.risk(heads).risk - step @ step / (2 * lr * LM)
 
 
 def test_implicit_and_explicit_euler_converge_to_the_same_flow_at_order_one(tmp_path):
@@ -207,10 +203,10 @@ def test_implicit_and_explicit_euler_converge_to_the_same_flow_at_order_one(tmp_
             if scheme == "implicit":
                 text = _implicit(text, inner_tol=1e-8)
             case = parse_case(text.replace("[train]\n", "[train]\nbacktrack = false\n"))
-            heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-            state = train(Problem(case), case.train, TrainState(0, dict(heads)), heads, TrainRecord())
+            heads = case.heads
+            state = train(Problem(case), case.train, TrainState(0, heads), heads, TrainRecord())
             assert state.step == int(round(2 / lr))
-            ends.append(_flat(state.heads))
+            ends.append(state.heads.flat())
         gaps.append(np.linalg.norm(ends[0] - ends[1]))
     orders = np.log2(np.array(gaps[:-1]) / np.array(gaps[1:]))
     assert np.all((orders > 0.95) & (orders < 1.05)), (gaps, orders)
@@ -224,14 +220,14 @@ def test_implicit_steps_cross_the_slow_modes_explicit_steps_cannot(tmp_path):
     # the student: the teacher's heads plus 0.05 noise
     rng = np.random.default_rng(0)
     t = case.loss.teacher
-    heads = {k: getattr(t, k) + 0.05 * rng.standard_normal(getattr(t, k).shape) for k in "QKV"}
-    risk0 = problem.risk(**heads).risk
+    heads = t.with_flat(t.flat() + 0.05 * rng.standard_normal(t.flat().size))
+    risk0 = problem.risk(heads).risk
     ratios = {}
     for scheme, steps, lr in (("implicit", 3, 1e6), ("explicit", 30, 2.0)):
         spec = case.train.__class__(steps=steps, lr=lr, scheme=scheme, inner_steps=60)
         rec = TrainRecord()
-        state = train(problem, spec, TrainState(0, dict(heads)), heads, rec)
-        risks = np.array(rec.risk + [problem.risk(**state.heads).risk])
+        state = train(problem, spec, TrainState(0, heads), heads, rec)
+        risks = np.array(rec.risk + [problem.risk(state.heads).risk])
         assert np.all(np.diff(risks) <= 0), scheme
         ratios[scheme] = risks[-1] / risk0
     assert ratios["implicit"] < 1e-6 < 1e-3 < ratios["explicit"], ratios
@@ -247,23 +243,25 @@ class _Refining:
     def depth_steps(self):
         return 10 * (1 + self.version)
 
-    def risk_and_grad(self, Q, K, V):
+    schedules = None
+
+    def risk_and_grad(self, heads):
         self.calls += 1
         if self.calls == self.at:
             self.version, self.a = 1, 1.5
-        r = 0.5 * self.a * sum(np.sum(x**2) for x in (Q, K, V))
-        return RiskResult(r, np.array([r]), {"Q": self.a * Q, "K": self.a * K, "V": self.a * V})
+        r = 0.5 * self.a * np.sum(heads.flat() ** 2)
+        return RiskResult(r, np.array([r]), heads.with_flat(self.a * heads.flat()))
 
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
     """The step during which the risk changed is taken again from the same heads, on the new risk;
     its evaluations are counted, and depth_steps marks where the risk function changed."""
-    heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
+    heads = Heads.random(1, 2, 1, 1, 1.0, 3)
     problem = _Refining(at=3)
     rec = TrainRecord()
     state = train(problem, TrainSpec(steps=3, lr=0.05, scheme=scheme, inner_steps=3),
-                  TrainState(0, dict(heads)), heads, rec)
+                  TrainState(0, heads), heads, rec)
     assert state.step == 3
     if scheme == "explicit":  # 1 evaluation per step: the second step met the refinement
         assert rec.depth_steps == [10, 20, 20] and rec.evaluations == [1, 3, 1]
@@ -278,11 +276,11 @@ def test_implicit_steps_report_their_inner_iterates(tmp_path):
     (the objective falls, not necessarily the risk; the last iterate is the step's result)."""
     case = parse_case(_implicit(CASE.format(steps=2, path=tmp_path / "x.h5"), inner_steps=6))
     problem = Problem(case)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    heads = case.heads
     seen: list[tuple[int, int, float]] = []
     rec = TrainRecord()
-    state = train(problem, case.train, TrainState(0, dict(heads)), heads, rec, on_inner=lambda *a: seen.append(a))
-    after = rec.risk[1:] + [problem.risk(**state.heads).risk]
+    state = train(problem, case.train, TrainState(0, heads), heads, rec, on_inner=lambda *a: seen.append(a))
+    after = rec.risk[1:] + [problem.risk(state.heads).risk]
     for step in (1, 2):
         inner = [(e, r) for s, e, r in seen if s == step]
         assert 1 < len(inner) <= 6
@@ -296,7 +294,7 @@ def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_pa
     A clock that ticks 1 s per reading: the limit of 3.5 s falls inside the first step."""
     case = parse_case(_implicit(CASE.format(steps=5, path=tmp_path / "x.h5"), inner_steps=50))
     problem = Problem(case)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
+    heads = case.heads
     inner = {}
     for limit in (0.0, 3.5):
         clock = itertools.count()
@@ -304,8 +302,8 @@ def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_pa
         seen: list = []
         spec = dataclasses.replace(case.train, time_limit=limit, steps=1 if limit == 0 else 5)
         rec = TrainRecord()
-        state = train(problem, spec, TrainState(0, dict(heads)), heads, rec, on_inner=lambda *a: seen.append(a))
-        assert state.step == 1 and problem.risk(**state.heads).risk < rec.risk[0]
+        state = train(problem, spec, TrainState(0, heads), heads, rec, on_inner=lambda *a: seen.append(a))
+        assert state.step == 1 and problem.risk(state.heads).risk < rec.risk[0]
         inner[limit] = len(seen)
     assert state.message.startswith("time limit 3.5 s")
     assert 1 <= inner[3.5] <= 3 < inner[0.0]
@@ -315,23 +313,23 @@ class _Uphill:
     """R = 1 + |theta|^2 / 2 with the gradient's sign flipped: every step down the "gradient" goes up
     (what a kink of the discrete risk looks like to a line search)."""
 
-    version, depth_steps = 0, 1
+    version, depth_steps, schedules = 0, 1, None
 
-    def risk_and_grad(self, Q, K, V):
-        r = 1.0 + 0.5 * sum(np.sum(x**2) for x in (Q, K, V))
-        return RiskResult(r, np.array([r]), {"Q": -Q, "K": -K, "V": -V})
+    def risk_and_grad(self, heads):
+        r = 1.0 + 0.5 * np.sum(heads.flat() ** 2)
+        return RiskResult(r, np.array([r]), heads.with_flat(-heads.flat()))
 
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_training_stops_where_no_step_lowers_the_risk_and_says_so(scheme):
     """No trial point lowers the risk: training stops there, naming the gradient norm, instead of
     accepting a worse point."""
-    heads = dict(zip("QKV", random_heads(1, 2, 1, 1, 1.0, 3)))
+    heads = Heads.random(1, 2, 1, 1, 1.0, 3)
     rec = TrainRecord()
     state = train(_Uphill(), TrainSpec(steps=5, lr=0.5, scheme=scheme, inner_steps=3),
-                  TrainState(0, dict(heads)), heads, rec)
-    assert state.step == 0 and not rec.risk and all(np.array_equal(state.heads[k], heads[k]) for k in "QKV")
-    gnorm = np.sqrt(sum(np.sum(v**2) for v in heads.values()))
+                  TrainState(0, heads), heads, rec)
+    assert state.step == 0 and not rec.risk and np.array_equal(state.heads.flat(), heads.flat())
+    gnorm = np.linalg.norm(heads.flat())
     assert "lowers the risk" in state.message and state.message.endswith(f"|grad| {gnorm:.3g}")
 
 

@@ -50,6 +50,11 @@ class Grid:
         n = self.cells[axis]
         return self.lower[axis] + (np.arange(n) + 0.5) * self.dx[axis]
 
+    def cell_centres(self) -> np.ndarray:
+        """Every cell centre: (n_1, ..., n_d, d)."""
+        mesh = np.meshgrid(*(self.centres(a) for a in range(self.dim)), indexing="ij")
+        return np.stack(mesh, axis=-1)
+
     def edges(self, axis: int) -> np.ndarray:
         """Cell faces along ``axis``: (n_axis + 1,), both box walls included."""
         n = self.cells[axis]

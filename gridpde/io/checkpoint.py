@@ -23,8 +23,9 @@ import h5py
 import numpy as np
 
 from gridpde.errors import CaseError
+from gridpde.heads import HEAD_ARRAYS, Heads
 from gridpde.io.results import HEAD_DIMS
-from gridpde.train.flow import BLOCKS, TrainRecord, TrainState
+from gridpde.train.flow import TrainRecord, TrainState
 
 _SERIES = ("step", "risk", "grad_norm", "lr", "w_c", "seconds", "evaluations", "depth_steps")
 _COUNTS = ("step", "evaluations", "depth_steps")
@@ -38,18 +39,18 @@ def train_datasets(state: TrainState, record: TrainRecord, prompts: int) -> dict
     rp = np.asarray(record.risk_prompt, float).reshape(len(record.step), prompts)
     out["train/risk_prompt"] = (rp, ("step", "prompt"))
     out["train/checkpoint_step"] = (np.asarray(record.checkpoint_step, np.int64), ("checkpoint",))
-    for k in BLOCKS:
-        stack = np.asarray([h[k] for h in record.checkpoint_heads], float)
-        stack = stack.reshape(len(record.checkpoint_heads), *state.heads[k].shape)
+    for k, now in state.heads.arrays().items():
+        stack = np.asarray([getattr(h, k) for h in record.checkpoint_heads], float)
+        stack = stack.reshape(len(record.checkpoint_heads), *now.shape)
         out[f"train/heads/{k}"] = (stack, ("checkpoint", *HEAD_DIMS[k]))
-        out[f"checkpoint/{k}"] = (state.heads[k], HEAD_DIMS[k])
+        out[f"checkpoint/{k}"] = (now, HEAD_DIMS[k])
     out["checkpoint/step"] = (np.int64(state.step), ())
     if state.schedules is not None:
         out["checkpoint/schedules"] = (np.asarray(state.schedules, np.int64), ("prompt", "layer"))
     return out
 
 
-def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, TrainRecord]:
+def load_checkpoint(path: str | Path, case_text: str, scale_scores: bool) -> tuple[TrainState, TrainRecord]:
     """The state and records saved in ``path`` by an earlier run of the same case."""
     path = Path(path)
     if not path.exists():
@@ -64,7 +65,7 @@ def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, Train
         if str(f.attrs.get("case", "")) != case_text:
             raise CaseError(f"--resume: the case file changed since {path} was written; "
                             "resume needs the same case")
-        heads = {k: f["checkpoint"][k][()] for k in BLOCKS}
+        heads = Heads(*(f["checkpoint"][k][()] for k in HEAD_ARRAYS), scale_scores)
         state = TrainState(int(f["checkpoint"]["step"][()]), heads)
         if "schedules" in f["checkpoint"]:
             state.schedules = f["checkpoint"]["schedules"][()].tolist()
@@ -77,7 +78,7 @@ def load_checkpoint(path: str | Path, case_text: str) -> tuple[TrainState, Train
         rec.risk_prompt = list(t["risk_prompt"][()])
         rec.checkpoint_step = [int(s) for s in t["checkpoint_step"][()]]
         rec.checkpoint_heads = [
-            {k: t["heads"][k][i] for k in BLOCKS} for i in range(len(rec.checkpoint_step))
+            Heads(*(t["heads"][k][i] for k in HEAD_ARRAYS), scale_scores) for i in range(len(rec.checkpoint_step))
         ]
     rec.truncate(state.step)
     return state, rec

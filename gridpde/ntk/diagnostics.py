@@ -1,6 +1,6 @@
 """NTK injectivity diagnostics (MODEL.md section 6).
 
-Prompts are weighted tokens mu^p = sum_i w_i delta_{x_i} (:class:`Measure`;
+Prompts are weighted tokens mu^p = sum_i w_i delta_{x_i} (:class:`TokenMeasure`;
 a grid density enters as its cell centres with the cell masses, a prompt as
 Gauss or midpoint quadrature tokens). Weights are normalised to sum 1.
 
@@ -102,7 +102,10 @@ from typing import Literal
 import numpy as np
 
 from gridpde.attention.direct import attention_velocity
-from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.measures import GridMeasure, TokenMeasure
+from gridpde.prompts import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+
+PROMPT_TYPES = (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)
 from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3, pad_points
 
@@ -125,119 +128,42 @@ Z_SCALE = 1.0
 # ------------------------------------------------------------------ measures
 
 
-@dataclass(frozen=True)
-class Measure:
-    """Weighted tokens mu = sum_i w_i delta_{x_i}: X (n, d), w (n,) > 0, sum w = 1."""
-
-    X: np.ndarray
-    w: np.ndarray
-
-    @property
-    def dim(self) -> int:
-        return self.X.shape[1]
-
-    @property
-    def size(self) -> int:
-        return self.X.shape[0]
-
-
-def measure_from_tokens(X: np.ndarray, w: np.ndarray) -> Measure:
-    """Tokens X (n, d) with weights w (n,) >= 0; zero weights dropped, sum normalised to 1."""
-    X = np.asarray(X, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2 or w.shape != X.shape[:1] or not 1 <= X.shape[1] <= 3:
-        msg = f"tokens must be X (n, d) with 1 <= d <= 3 and w (n,); got {X.shape} and {w.shape}"
-        raise ValueError(msg)
-    if not np.all(np.isfinite(X)) or not np.all(w >= 0.0) or not w.sum() > 0.0:
-        msg = "tokens need finite X and weights w >= 0 with a positive sum"
-        raise ValueError(msg)
-    keep = w > 0.0
-    return Measure(np.ascontiguousarray(X[keep]), w[keep] / w[keep].sum())
-
-
-def measure_from_grid(grid: Grid, rho: np.ndarray) -> Measure:
-    """A grid density as the cell centres with masses rho_i * cell volume (normalised)."""
-    rho = np.asarray(rho, dtype=np.float64)
-    if rho.shape != grid.shape:
-        msg = f"rho has shape {rho.shape}, expected the grid's {grid.shape}"
-        raise ValueError(msg)
-    mesh = np.meshgrid(*(grid.centres(a) for a in range(grid.dim)), indexing="ij")
-    X = np.stack(mesh, axis=-1).reshape(-1, grid.dim)
-    return measure_from_tokens(X, np.clip(rho.ravel(), 0.0, None) * grid.cell_volume)
-
-
-def prompt_measure(prompt: Prompt, q: int = 20, rule: Rule = "gauss") -> Measure:
-    """Quadrature tokens of a prompt, q points per axis and component.
+def prompt_measure(prompt: Prompt, q: int = 20, rule: Rule = "gauss") -> TokenMeasure:
+    """Quadrature tokens of a prompt, q points per axis and component (normalised).
 
     ``rule="gauss"``: tensor Gauss-Hermite nodes x = m + L y (L L^T = S) for
-    Gaussians and each mixture component, Gauss-Legendre for uniform boxes.
-    For |z| sd << q these reproduce Lambda_mu(z) to round-off (a Gaussian's
-    Lambda stays quadratic), which the midpoint tokens of
-    :func:`gridpde.particles.solver.prompt_tokens` (``rule="midpoint"``, q^d
-    tokens on mean +- 8 sd) do only while the tilted measure stays in
-    their box. A ``tokens`` prompt is used as given.
+    Gaussians and each mixture component, Gauss-Legendre for uniform boxes
+    (:meth:`~gridpde.prompts.GaussianPrompt.gauss_tokens`). For |z| sd << q
+    these reproduce Lambda_mu(z) to round-off (a Gaussian's Lambda stays
+    quadratic), which the midpoint quadrature tokens of the particle method
+    (``rule="midpoint"``, q^d tokens on mean +- 8 sd) do only while the
+    tilted measure stays in their box. A ``tokens`` prompt is used as given.
     """
-    if isinstance(prompt, TokensPrompt):
-        return measure_from_tokens(prompt.points, prompt.weights)
-    if rule == "midpoint":
-        from gridpde.particles.solver import prompt_tokens
-
-        return measure_from_tokens(*prompt_tokens(prompt, q ** _prompt_dim(prompt), "quadrature"))
-    if isinstance(prompt, UniformPrompt):
-        y, v = np.polynomial.legendre.leggauss(q)
-        lo, hi = np.asarray(prompt.lower, float), np.asarray(prompt.upper, float)
-        Y, W = _tensor_rule(y, v, lo.size)
-        return measure_from_tokens(lo + (Y + 1.0) / 2.0 * (hi - lo), W)
-    if isinstance(prompt, GaussianPrompt):
-        comps = [(1.0, prompt.mean, prompt.cov)]
-    elif isinstance(prompt, MixturePrompt):
-        comps = list(zip(prompt.weights, prompt.means, prompt.covs))
-    else:  # pragma: no cover
-        raise TypeError(f"unknown prompt {prompt!r}")
-    y, v = np.polynomial.hermite_e.hermegauss(q)
-    Xs, ws = [], []
-    for c, m, S in comps:
-        m = np.atleast_1d(np.asarray(m, float))
-        Y, W = _tensor_rule(y, v, m.size)
-        Xs.append(m + Y @ np.linalg.cholesky(np.atleast_2d(S)).T)
-        ws.append(c * W / W.sum())
-    return measure_from_tokens(np.concatenate(Xs), np.concatenate(ws))
+    X, w = prompt.gauss_tokens(q) if rule == "gauss" else prompt.tokens(q ** prompt.dim, "quadrature")
+    return TokenMeasure(X, w).normalised()
 
 
-def _prompt_dim(prompt: Prompt) -> int:
-    if isinstance(prompt, UniformPrompt):
-        return prompt.lower.size
-    if isinstance(prompt, GaussianPrompt):
-        return prompt.mean.size
-    return prompt.means.shape[1]
-
-
-def _tensor_rule(y: np.ndarray, v: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    Y = np.stack(np.meshgrid(*(y,) * d, indexing="ij"), axis=-1).reshape(-1, d)
-    W = np.prod(np.stack(np.meshgrid(*(v,) * d, indexing="ij"), axis=-1).reshape(-1, d), axis=1)
-    return Y, W
-
-
-def as_measure(obj) -> Measure:
-    """A :class:`Measure`, tokens ``(X, w)``, a grid density ``(Grid, rho)`` or a prompt."""
-    if isinstance(obj, Measure):
-        return obj
-    if isinstance(obj, (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)):
+def as_measure(obj) -> TokenMeasure:
+    """Normalised tokens from a TokenMeasure or GridMeasure, tokens ``(X, w)``, ``(Grid, rho)`` or a prompt."""
+    if isinstance(obj, GridMeasure):
+        return obj.tokens()
+    if isinstance(obj, TokenMeasure):
+        return obj.normalised()
+    if isinstance(obj, PROMPT_TYPES):
         return prompt_measure(obj)
     if isinstance(obj, tuple) and len(obj) == 2:
         if isinstance(obj[0], Grid):
-            return measure_from_grid(*obj)
-        return measure_from_tokens(*obj)
+            return GridMeasure(*obj).tokens()
+        X = np.asarray(obj[0], dtype=np.float64)
+        return TokenMeasure(X[:, None] if X.ndim == 1 else X, obj[1]).normalised()
     msg = (
         f"cannot read a measure from {type(obj).__name__}; "
-        "expected Measure, (X, w), (Grid, rho) or a prompt"
+        "expected TokenMeasure, GridMeasure, (X, w), (Grid, rho) or a prompt"
     )
     raise TypeError(msg)
 
 
-def _measures(measures) -> list[Measure]:
+def _measures(measures) -> list[TokenMeasure]:
     out = [as_measure(m) for m in measures]
     if not out or len({m.dim for m in out}) != 1:
         msg = f"need at least one measure, all of one dimension; got dims {[m.dim for m in out]}"
@@ -281,7 +207,7 @@ def probe_heads(
     return Probes(Q, K, raw[:, 2 * k * dim :].reshape(S, dim, dim))
 
 
-def basis_matrix(mu: Measure, basis: Basis, degree: int = 3) -> np.ndarray:
+def basis_matrix(mu: TokenMeasure, basis: Basis, degree: int = 3) -> np.ndarray:
     """W (n, r) with W[i, j] = sqrt(w_i) phi_j(x_i): orthonormal columns, W^T W = I.
 
     ``tokens``: phi_i = 1_{x_i} / sqrt(w_i), so W = I (n x n; the diagnostics
@@ -292,55 +218,55 @@ def basis_matrix(mu: Measure, basis: Basis, degree: int = 3) -> np.ndarray:
     return np.eye(mu.size) if W is None else W
 
 
-def _basis(mu: Measure, basis: Basis, degree: int) -> np.ndarray | None:
+def _basis(mu: TokenMeasure, basis: Basis, degree: int) -> np.ndarray | None:
     """:func:`basis_matrix`, with None standing for the identity of the token basis."""
     if basis == "tokens":
         return None
     if basis != "poly":
         msg = f"basis = {basis!r}; expected 'tokens' or 'poly'"
         raise ValueError(msg)
-    mean = mu.w @ mu.X
-    sd = np.sqrt(mu.w @ (mu.X - mean) ** 2)
-    u = (mu.X - mean) / np.where(sd > 0.0, sd, 1.0)
+    mean = mu.weights @ mu.points
+    sd = np.sqrt(mu.weights @ (mu.points - mean) ** 2)
+    u = (mu.points - mean) / np.where(sd > 0.0, sd, 1.0)
     alphas = [a for a in itertools.product(range(degree + 1), repeat=mu.dim) if sum(a) <= degree]
     P = np.stack([np.prod(u ** np.asarray(a), axis=1) for a in sorted(alphas, key=sum)], axis=1)
-    U, s, _ = np.linalg.svd(np.sqrt(mu.w)[:, None] * P, full_matrices=False)
+    U, s, _ = np.linalg.svd(np.sqrt(mu.weights)[:, None] * P, full_matrices=False)
     return U[:, s > BASIS_RTOL * s[0]]
 
 
-def _width(mu: Measure, basis: Basis, degree: int) -> int:
+def _width(mu: TokenMeasure, basis: Basis, degree: int) -> int:
     W = _basis(mu, basis, degree)
     return mu.size if W is None else W.shape[1]
 
 
-def _pair(mu: Measure, W: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+def _pair(mu: TokenMeasure, W: np.ndarray | None, values: np.ndarray) -> np.ndarray:
     """∫ phi_j(x) v(x) dmu(x) = sum_i sqrt(w_i) W[i, j] v_i for values v (..., n, c): (..., r, c)."""
-    sw = np.sqrt(mu.w)
+    sw = np.sqrt(mu.weights)
     if W is None:
         return sw[:, None] * values
     return np.einsum("ij,...ic->...jc", sw[:, None] * W, values)
 
 
-def _lse_at(mu: Measure, targets: np.ndarray, B: np.ndarray) -> np.ndarray:
+def _lse_at(mu: TokenMeasure, targets: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Lambda_mu(B_s t) for t in targets (T, d) and B (S, d, d): (S, T)."""
     d = mu.dim
     Z = np.einsum("sce,te->stc", B, targets).reshape(-1, d)
-    P = np.ascontiguousarray(pad_points(mu.X))
+    P = np.ascontiguousarray(pad_points(mu.points))
     eye = pad3(np.eye(d))[None]
-    _, lse = attention_velocity(np.ascontiguousarray(pad_points(Z)), P, mu.w, eye, eye)
+    _, lse = attention_velocity(np.ascontiguousarray(pad_points(Z)), P, mu.weights, eye, eye)
     return lse.reshape(B.shape[0], targets.shape[0])
 
 
-def tilted_means(mu: Measure, B: np.ndarray) -> np.ndarray:
+def tilted_means(mu: TokenMeasure, B: np.ndarray) -> np.ndarray:
     """m_mu(B_k x_i) for every head k and token x_i of mu: (S, n, d).
 
     One kernel call with the S n points z = B_k x_i as targets and B = I.
     """
     d = mu.dim
-    Z = np.einsum("kce,ie->kic", B, mu.X).reshape(-1, d)
-    P = np.ascontiguousarray(pad_points(mu.X))
+    Z = np.einsum("kce,ie->kic", B, mu.points).reshape(-1, d)
+    P = np.ascontiguousarray(pad_points(mu.points))
     eye = pad3(np.eye(d))[None]
-    m, _ = attention_velocity(np.ascontiguousarray(pad_points(Z)), P, mu.w, eye, eye)
+    m, _ = attention_velocity(np.ascontiguousarray(pad_points(Z)), P, mu.weights, eye, eye)
     return m[:, 3 - d :].reshape(B.shape[0], mu.size, d)
 
 
@@ -527,7 +453,7 @@ def lse_per_prompt(
     n_max = sum(widths) if pooled else max(widths)
     B = probe_heads(S or 4 * (n_max + 1 + d * d), d, scale, seed, head_dim).B
     design = _design(B.reshape(B.shape[0], -1), modulo)
-    Fs = [_pair(mu, W, _lse_at(mu, mu.X, B)[..., None])[..., 0] for mu, W in zip(mus, Ws)]
+    Fs = [_pair(mu, W, _lse_at(mu, mu.points, B)[..., None])[..., 0] for mu, W in zip(mus, Ws)]
     if pooled:
         return spectrum(np.concatenate(Fs, axis=1), design, rtol)
     return [spectrum(F, design, rtol) for F in Fs]

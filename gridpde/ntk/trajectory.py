@@ -15,31 +15,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gridpde.casefile import Case
 from gridpde.errors import CaseError
-from gridpde.heads import score_matrices
-from gridpde.ntk.diagnostics import NTKDiagnostics, measure_from_grid, measure_from_tokens, ntk_diagnostics
-from gridpde.driver import method_runner
+from gridpde.heads import HEAD_ARRAYS, Heads
+from gridpde.method import make_method
+from gridpde.ntk.diagnostics import NTKDiagnostics, ntk_diagnostics
+from gridpde.spec import Case
 
 SUMMARY = ("tangent", "lse_a_pooled", "lse_b")
 
 
-def layer_measures(case: Case, method: str, heads: dict) -> list[list]:
-    """Per layer l, the prompts' measures at depth l / L (a list of ntk Measures)."""
-    runner = method_runner(case, method)
-    runner.use_heads(score_matrices(heads["Q"], heads["K"], case.model.scale_scores), heads["V"])
-    states = runner.initial(case.prompts)
-    L = case.model.layers
+def layer_measures(case: Case, method: str | None, heads: Heads) -> list[list]:
+    """Per layer l, the prompts' measures at depth l / L (grid or token measures)."""
+    runner = make_method(case, method)
+    solver = runner.solver(heads)
+    states = runner.initial_states(case.prompts)
+    L = heads.layers
     out = []
     for layer in range(L):
-        s = layer / L
         if layer:
-            for st in states:
-                runner.advance(st, (layer - 1) / L, s, None)
-        if method == "grid":
-            out.append([measure_from_grid(runner.grid, st[0]) for st in states])
-        else:
-            out.append([measure_from_tokens(st[0], st[1]) for st in states])
+            states = [runner.advance(solver, st, (layer - 1) / L, layer / L) for st in states]
+        out.append([runner.measure(st) for st in states])
     return out
 
 
@@ -84,8 +79,9 @@ def trajectory(case: Case, method: str, result: Path, report=None) -> dict:
         if "train" not in f or "heads" not in f["train"]:
             raise CaseError(f"--result: {result} holds no training checkpoints (/train/heads)")
         steps = f["train/checkpoint_step"][()]
-        heads = [{k: f["train/heads"][k][i] for k in "QKV"} for i in range(len(steps))]
-    L = case.model.layers
+        heads = [Heads(*(f["train/heads"][k][i] for k in HEAD_ARRAYS), case.heads.scale_scores)
+                 for i in range(len(steps))]
+    L = case.heads.layers
     rel = {n: np.full((len(steps), L), np.nan) for n in SUMMARY}
     rank = {n: np.zeros((len(steps), L), np.int64) for n in SUMMARY}
     for i, h in enumerate(heads):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridpde.heads import Heads
 from gridpde.objective.problem import Problem
 
 BLOCKS = ("Q", "K", "V")
@@ -39,40 +40,36 @@ class TaylorTest:
     slope: float
 
 
-def _direction(heads: dict, blocks, rng) -> dict:
-    delta = {k: (rng.standard_normal(v.shape) if k in blocks else np.zeros_like(v)) for k, v in heads.items()}
-    norm = np.sqrt(sum(np.sum(d * d) for d in delta.values()))
-    return {k: d / norm for k, d in delta.items()}
+def _direction(heads: Heads, blocks, rng) -> np.ndarray:
+    """A unit vector in the layout of ``heads.flat()``, random in ``blocks``, zero elsewhere."""
+    parts = [rng.standard_normal(a.size) if k in blocks else np.zeros(a.size) for k, a in heads.arrays().items()]
+    delta = np.concatenate(parts)
+    return delta / np.linalg.norm(delta)
 
 
-def _shift(heads: dict, delta: dict, eps: float) -> dict:
-    return {k: heads[k] + eps * delta[k] for k in heads}
-
-
-def _risk(problem: Problem, heads: dict) -> float:
-    return problem.risk(heads["Q"], heads["K"], heads["V"]).risk
-
-
-def gradient_checks(problem: Problem, heads: dict, eps: float = 1e-4, seed: int = 0,
+def gradient_checks(problem: Problem, heads: Heads, eps: float = 1e-4, seed: int = 0,
                     taylor_eps=tuple(10.0 ** -np.arange(1, 6))):
-    """Run the per-block checks and the Taylor test at ``heads`` = {Q, K, V}.
+    """Run the per-block checks and the Taylor test at ``heads``.
 
     Returns:
         (risk, list of BlockCheck, TaylorTest).
     """
     rng = np.random.default_rng(seed)
-    res = problem.risk_and_grad(heads["Q"], heads["K"], heads["V"])
-    grad = res.grad
+    res = problem.risk_and_grad(heads)
+    g, x = res.grad.flat(), heads.flat()
+
+    def risk(e: float, delta: np.ndarray) -> float:
+        return problem.risk(heads.with_flat(x + e * delta)).risk
+
     checks = []
     for block in BLOCKS:
         delta = _direction(heads, (block,), rng)
-        adj = float(np.sum(grad[block] * delta[block]))
-        fd = (_risk(problem, _shift(heads, delta, eps)) - _risk(problem, _shift(heads, delta, -eps))) / (2 * eps)
-        checks.append(BlockCheck(block, adj, fd))
+        fd = (risk(eps, delta) - risk(-eps, delta)) / (2 * eps)
+        checks.append(BlockCheck(block, float(g @ delta), fd))
     delta = _direction(heads, BLOCKS, rng)
-    slope_dir = sum(float(np.sum(grad[b] * delta[b])) for b in BLOCKS)
+    slope_dir = float(g @ delta)
     eps_arr = np.asarray(taylor_eps, float)
-    rem = np.array([abs(_risk(problem, _shift(heads, delta, e)) - res.risk - e * slope_dir) for e in eps_arr])
+    rem = np.array([abs(risk(e, delta) - res.risk - e * slope_dir) for e in eps_arr])
     floor = 1e-13 * max(abs(res.risk), 1e-300)
     ok = rem > 100 * floor
     slope = float(np.polyfit(np.log(eps_arr[ok]), np.log(rem[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")

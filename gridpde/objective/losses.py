@@ -44,16 +44,12 @@ MODEL.md section 7 used as references by tests and the validation suite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from gridpde.grid.mesh import Grid
+from gridpde.measures import GridMeasure, Measure, TokenMeasure
 
 __all__ = [
-    "GridMeasure",
-    "TokenMeasure",
-    "Measure",
     "MMDLoss",
     "PotentialLoss",
     "gaussian_kernel_mean",
@@ -62,69 +58,6 @@ __all__ = [
 
 # entries of a (block, n) temporary in the blocked token sums
 _BLOCK_ENTRIES = 1 << 20
-
-
-@dataclass(frozen=True)
-class GridMeasure:
-    """Cell averages ``rho`` (shape ``grid.shape``) on ``grid``.
-
-    Attributes:
-        grid: the box and its cells.
-        rho: cell averages (mass per volume); the measure puts mass
-            rho_i |cell| at centre i.
-    """
-
-    grid: Grid
-    rho: np.ndarray
-
-    def __post_init__(self):
-        if not isinstance(self.grid, Grid):
-            raise TypeError(f"GridMeasure.grid must be a Grid, got {type(self.grid).__name__}")
-        rho = np.asarray(self.rho, dtype=np.float64)
-        if rho.shape != self.grid.shape:
-            msg = f"GridMeasure.rho has shape {rho.shape}, expected the grid's {self.grid.shape}"
-            raise ValueError(msg)
-        object.__setattr__(self, "rho", rho)
-
-    @property
-    def dim(self) -> int:
-        return self.grid.dim
-
-    @property
-    def masses(self) -> np.ndarray:
-        """rho * |cell|: the mass at each cell centre."""
-        return self.rho * self.grid.cell_volume
-
-
-@dataclass(frozen=True)
-class TokenMeasure:
-    """Weighted tokens sum_i w_i delta_{x_i}.
-
-    Attributes:
-        points: (n, d) token positions x_i (d <= 3; padded (n, 3) allowed).
-        weights: (n,) weights w_i (any sign is accepted; prompts have w >= 0).
-    """
-
-    points: np.ndarray
-    weights: np.ndarray
-
-    def __post_init__(self):
-        X = np.asarray(self.points, dtype=np.float64)
-        w = np.asarray(self.weights, dtype=np.float64)
-        if X.ndim != 2 or not 1 <= X.shape[1] <= 3:
-            raise ValueError(f"TokenMeasure.points must be (n, d) with 1 <= d <= 3, got {X.shape}")
-        if w.shape != (X.shape[0],):
-            msg = f"TokenMeasure.weights has shape {w.shape}, expected ({X.shape[0]},)"
-            raise ValueError(msg)
-        object.__setattr__(self, "points", X)
-        object.__setattr__(self, "weights", w)
-
-    @property
-    def dim(self) -> int:
-        return self.points.shape[1]
-
-
-Measure = GridMeasure | TokenMeasure
 
 
 # ---------------------------------------------------------------- kernel sums

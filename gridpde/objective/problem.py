@@ -1,16 +1,12 @@
-"""The risk R(theta) = (1/P) sum_p F(mu^p_1; tau^p) of a case and its gradient.
+"""The risk R(theta) = (1/P) sum_p F(mu^p_1; tau^p) of a case and its exact gradient.
 
-:class:`Problem` holds what does not change with the heads (prompts as
-initial measures, targets, the loss, solver settings) and evaluates the risk
-and its exact gradient for any heads (Q, K, V) with the case's method:
-
-- grid: forward with a :class:`~gridpde.grid.forward.Tape`, dR/drho(1) from the
-  loss's first variation, the discrete adjoint (:mod:`gridpde.grid.adjoint`);
-- particles: forward with a tape, dR/dX_i(1) = w_i grad dF/dmu(X_i) / P,
-  the exact adjoint of the Runge-Kutta steps.
-
-dR/dB becomes dR/dQ = K dR/dB and dR/dK = Q (dR/dB)^T (divided by sqrt(k)
-when the scores are scaled).
+:class:`Problem` holds what does not change with the heads (the prompts'
+initial states, the targets, the loss, the method) and evaluates the risk
+and its gradient for any :class:`~gridpde.heads.Heads`, through the
+method interface (:class:`gridpde.method.Method`): forward with a tape,
+the loss's derivative at s = 1 as the adjoint's final value, the method's
+exact adjoint back to dR/dB and dR/dV, and dR/dQ = K dR/dB,
+dR/dK = Q (dR/dB)^T (divided by sqrt(k) when the scores are scaled).
 """
 
 from __future__ import annotations
@@ -19,29 +15,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.grid.adjoint import backward
-from gridpde.casefile import Case, LossSpec
-from gridpde.errors import CaseError, NumericalError, RunError
-from gridpde.grid.forward import GridForward, Tape
-from gridpde.grid.mesh import Grid
-from gridpde.heads import score_matrices
-from gridpde.objective.losses import GridMeasure, MMDLoss, PotentialLoss, TokenMeasure
-from gridpde.particles.solver import ParticleForward, prompt_tokens, steps_per_layer
-from gridpde.prompts import cell_averages
+from gridpde.errors import CaseError, NumericalError
+from gridpde.heads import Heads
+from gridpde.method import make_method
+from gridpde.objective.losses import MMDLoss, PotentialLoss
+from gridpde.spec import Case, LossSpec
 
 
 @dataclass
 class RiskResult:
     """The mean risk, the risk per prompt, and (if asked) the gradient of the mean.
 
-    ``grad`` has keys Q, K, V (shapes of the heads) and B; ``steps`` counts
-    the forward depth steps over all prompts; ``recomputed`` the steps the
-    adjoint recomputed for lack of memory.
+    ``grad`` holds dR/dQ, dR/dK, dR/dV (the heads' shapes), ``grad_B`` dR/dB;
+    ``steps`` counts the forward depth steps over all prompts; ``recomputed``
+    the steps the adjoint recomputed for lack of memory.
     """
 
     risk: float
     per_prompt: np.ndarray
-    grad: dict[str, np.ndarray] | None = None
+    grad: Heads | None = None
+    grad_B: np.ndarray | None = None
     steps: int = 0
     recomputed: int = 0
     #: the first non-finite piece, e.g. "prompt 0: layer 1, block V of the gradient is not finite"
@@ -52,7 +45,7 @@ class RiskResult:
         what = self.nonfinite
         if not what and not np.isfinite(self.risk):
             what = f"the risk is {self.risk}"
-        if not what and self.grad is not None and not all(np.all(np.isfinite(g)) for g in self.grad.values()):
+        if not what and self.grad is not None and not np.all(np.isfinite(self.grad.flat())):
             what = "the gradient is not finite"
         if what:
             raise NumericalError(f"{where}: {what}", 0.0)
@@ -77,17 +70,6 @@ def make_loss(spec: LossSpec, dim: int):
     return PotentialLoss(centre)
 
 
-def heads_gradient(Q, K, B_bar, V_bar, scale_scores: bool) -> dict[str, np.ndarray]:
-    """dR/dQ, dR/dK from dR/dB (B = K^T Q [/ sqrt(k)]), with dR/dV and dR/dB."""
-    c = 1.0 / np.sqrt(Q.shape[-2]) if scale_scores else 1.0
-    return {
-        "Q": c * K @ B_bar,
-        "K": c * Q @ np.swapaxes(B_bar, -1, -2),
-        "V": V_bar,
-        "B": B_bar,
-    }
-
-
 class Problem:
     """A case's data set and loss as a function of the heads.
 
@@ -100,192 +82,97 @@ class Problem:
         if case.loss is None:
             raise CaseError("[loss]: the case has no loss, so there is no risk to compute")
         self.case = case
-        self.method = method or case.solver.method
         self.dim = case.dim
+        self.method = make_method(case, method)
         self.loss = make_loss(case.loss, case.dim)
-        sv = case.solver
-        if self.method == "grid":
-            if case.grid is None:
-                raise CaseError("[grid]: required for the grid method (lower, upper, cells)")
-            self.grid = Grid(case.grid.lower, case.grid.upper, case.grid.cells)
-            self.limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
-            self.initial = [cell_averages(p, self.grid, f"prompts[{i}]")[0] for i, p in enumerate(case.prompts)]
-            self.schedules = self._schedules()
-        else:
-            self.substeps = steps_per_layer(sv.integrator, sv.substeps)
-            self.initial = [prompt_tokens(p, sv.tokens, sv.init, sv.seed + i) for i, p in enumerate(case.prompts)]
-        #: counts refinements of the schedules: the discrete risk changed (see _solve)
-        self.version = 0
+        self.initial = self.method.initial_states(case.prompts)
+        teacher = case.loss.teacher
+        self.method.plan([case.heads] + ([teacher] if teacher is not None else []), self.initial)
+        self._version = self.method.version
         self.targets = self._targets()
 
-    # ------------------------------------------------------------ measures
-    def _measure(self, state):
-        if self.method == "grid":
-            return GridMeasure(self.grid, state)
-        return TokenMeasure(*state)
+    @property
+    def version(self) -> int:
+        """Counts changes of the discrete risk (refined grid schedules)."""
+        return self.method.version
 
-    def _targets(self) -> list:
-        case, sv = self.case, self.case.solver
-        if case.loss.kind == "potential":
-            return [None] * len(case.prompts)
-        teacher_out = None
-        if case.loss.teacher is not None:
-            t = case.loss.teacher
-            teacher_out = self.outputs(t.Q, t.K, t.V)
-        targets = []
-        for i, tgt in enumerate(case.targets or [None] * len(case.prompts)):
-            if tgt is None:
-                targets.append(self._measure(teacher_out[i]))
-            elif self.method == "grid":
-                rho, _ = cell_averages(tgt, self.grid, f"prompts[{i}].target")
-                targets.append(GridMeasure(self.grid, rho))
-            else:
-                targets.append(TokenMeasure(*prompt_tokens(tgt, sv.tokens, sv.init, sv.seed + 1000 + i)))
-        return targets
-
-    # ------------------------------------------------------------ solvers
-    def _grid_solver(self, B, V) -> GridForward:
-        sv = self.case.solver
-        return GridForward(self.grid, B, V, self.limiter, sv.time, sv.cfl, sv.quadrature)
-
-    def _particle_solver(self, B, V) -> ParticleForward:
-        return ParticleForward(B, V, self.case.solver.integrator, self.substeps)
-
-    def _B(self, Q, K):
-        return score_matrices(Q, K, self.case.model.scale_scores)
-
-    def outputs(self, Q, K, V) -> list:
-        """The output states at s = 1 for heads (Q, K, V): rho, or (X, w).
-
-        On the grid every evaluation, the teacher's included, follows the
-        case's step schedule, so the student at the teacher's heads
-        reproduces the targets exactly (zero risk).
-        """
-        B = self._B(Q, K)
-        if self.method == "grid":
-            version = self.version
-            solver = self._grid_solver(B, V)
-            outs = []
-            for p, rho in enumerate(self.initial):
-                rho1, lost, _ = self._solve(solver, p, rho)
-                self._check_mass(lost, p)
-                outs.append(rho1)
-            if self.version != version:  # refined on the way: again, on the new schedules
-                return self.outputs(Q, K, V)
-            return outs
-        solver = self._particle_solver(B, V)
-        L = B.shape[0]
-        return [(solver.solve(X, w, 0, L * self.substeps), w) for X, w in self.initial]
-
-    def _schedules(self) -> list[list[int]]:
-        """Depth steps per layer interval, chosen once from the case's heads and the teacher's.
-
-        Every later evaluation takes these steps, so the discrete risk is a
-        smooth function of the heads instead of jumping wherever an adaptive
-        step count would change. Where heads need more steps for positivity
-        the schedule is refined for good (see :meth:`_solve`); checkpoints
-        keep it, so --resume follows the same schedules.
-        Per interval the larger count of the two sets of heads is kept: a
-        student trained towards the teacher's velocities then stays inside
-        the schedule instead of crossing a doubling (a jump of the risk
-        that stalls the line search).
-        """
-        m = self.case.model
-        heads = [(m.Q, m.K, m.V)]
-        if self.case.loss.teacher is not None:
-            t = self.case.loss.teacher
-            heads.append((t.Q, t.K, t.V))
-        schedules = [[0] * self.case.model.layers for _ in self.initial]
-        for Q, K, V in heads:
-            solver = self._grid_solver(self._B(Q, K), V)
-            for p, rho in enumerate(self.initial):
-                sched: list[int] = []
-                solver.solve(rho, 0.0, 1.0, schedule=sched)
-                schedules[p] = [max(a, b) for a, b in zip(schedules[p], sched, strict=True)]
-        return schedules
+    @property
+    def schedules(self):
+        return self.method.schedules
 
     @property
     def depth_steps(self) -> int:
-        """Depth steps of one evaluation over all prompts (grid: the schedule's; particles: fixed)."""
-        if self.method == "grid":
-            return sum(map(sum, self.schedules))
-        return len(self.initial) * self.case.model.layers * self.substeps
-
-    def _solve(self, solver: GridForward, p: int, rho: np.ndarray, tape: Tape | None = None):
-        """Prompt p on its schedule; a doubling for positivity refines the schedule for good.
-
-        A refinement changes the discrete risk (it jumps there), so the
-        targets are recomputed on the new schedule (the teacher keeps zero
-        risk), ``version`` counts it, and the caller evaluates again.
-        """
-        sched = list(self.schedules[p])
-        out = solver.solve(rho, 0.0, 1.0, tape=tape, schedule=sched)
-        if sched != self.schedules[p]:
-            self.use_schedules([sched if q == p else s for q, s in enumerate(self.schedules)])
-        return out
+        """Depth steps of one evaluation over all prompts."""
+        return self.method.depth_steps(self.initial)
 
     def use_schedules(self, schedules) -> None:
         """Follow ``schedules`` (e.g. from a checkpoint); recomputes the targets if they changed."""
-        schedules = [[int(n) for n in s] for s in schedules]
-        if schedules != self.schedules:
-            self.schedules = schedules
-            self.version += 1
-            self.targets = self._targets()
+        self.method.use_schedules(schedules)
+        self._sync()
 
-    def _check_mass(self, lost: float, p: int) -> None:
-        tol = self.case.solver.mass_tol
-        if lost > tol:
-            msg = (f"prompt {p}: mass that left the box {lost:.3g} exceeds solver.mass_tol = {tol:g} "
-                   "during a risk evaluation; enlarge [grid] lower/upper")
-            raise RunError(msg)
+    def _sync(self) -> bool:
+        """Recompute the targets if the discrete map changed; True if it did."""
+        if self.method.version == self._version:
+            return False
+        self._version = self.method.version
+        self.targets = self._targets()
+        return True
 
-    # ------------------------------------------------------------ risk
-    def risk(self, Q, K, V) -> RiskResult:
+    def _targets(self) -> list:
+        case = self.case
+        if case.loss.kind == "potential":
+            return [None] * len(case.prompts)
+        teacher_out = self.outputs(case.loss.teacher) if case.loss.teacher is not None else None
+        given = self.method.initial_states(case.targets, seed_offset=1000) if any(
+            t is not None for t in case.targets) else None
+        return [self.method.measure(teacher_out[i] if tgt is None else given[i])
+                for i, tgt in enumerate(case.targets)]
+
+    def outputs(self, heads: Heads) -> list:
+        """The output states at s = 1 for ``heads`` (grid: GridState, particles: TokenState).
+
+        Every evaluation, the teacher's included, follows the method's fixed
+        steps, so the student at the teacher's heads reproduces the targets
+        exactly (zero risk).
+        """
+        solver = self.method.solver(heads)
+        outs = []
+        for p, st in enumerate(self.initial):
+            out = self.method.solve(solver, st, p)
+            self.method.check_mass(out, p, "during a risk evaluation")
+            outs.append(out)
+        if self.method.version != self._version:  # refined on the way: again, on the new schedules
+            self._sync()
+            return self.outputs(heads)
+        return outs
+
+    def risk(self, heads: Heads) -> RiskResult:
         """The risk without its gradient."""
-        per = np.array([self.loss.value(self._measure(o), t) for o, t in
-                        zip(self.outputs(Q, K, V), self.targets)])
+        per = np.array([self.loss.value(self.method.measure(o), t)
+                        for o, t in zip(self.outputs(heads), self.targets)])
         return RiskResult(float(per.mean()), per)
 
-    def risk_and_grad(self, Q, K, V) -> RiskResult:
-        """The risk and its exact gradient with respect to Q, K, V."""
-        B = self._B(Q, K)
+    def risk_and_grad(self, heads: Heads) -> RiskResult:
+        """The risk and its exact gradient with respect to Q, K, V (and B)."""
         P = len(self.initial)
         per = np.empty(P)
-        B_bar = np.zeros_like(B)
-        V_bar = np.zeros_like(V)
+        B_bar = np.zeros(heads.B.shape)
+        V_bar = np.zeros(heads.V.shape)
         steps = recomputed = 0
         nonfinite = ""
-        version = self.version
-        if self.method == "grid":
-            solver = self._grid_solver(B, V)
-            budget = self.case.solver.adjoint_memory_mb * 2**20
-            for p, rho in enumerate(self.initial):
-                tape = Tape(budget)
-                rho1, lost, n = self._solve(solver, p, rho, tape)
-                self._check_mass(lost, p)
-                mu = GridMeasure(self.grid, rho1)
-                per[p] = self.loss.value(mu, self.targets[p])
-                lam = self.loss.first_variation(mu, self.targets[p]) * self.grid.cell_volume / P
-                _, Bb, Vb = backward(solver, tape, lam)
-                nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
-                B_bar += Bb
-                V_bar += Vb
-                steps += n
-                recomputed += tape.recomputed
-        else:
-            solver = self._particle_solver(B, V)
-            L = B.shape[0]
-            for p, (X, w) in enumerate(self.initial):
-                tape: list = []
-                X1 = solver.solve(X, w, 0, L * self.substeps, tape=tape)
-                per[p] = self.loss.value(TokenMeasure(X1, w), self.targets[p])
-                lam = self.loss.grad_points(X1, w, self.targets[p]) / P
-                _, Bb, Vb = solver.backward(tape, w, lam)
-                nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
-                B_bar += Bb
-                V_bar += Vb
-                steps += len(tape)
-        if self.version != version:  # refined on the way: again, on the new schedules
-            return self.risk_and_grad(Q, K, V)
-        grad = heads_gradient(Q, K, B_bar, V_bar, self.case.model.scale_scores)
-        return RiskResult(float(per.mean()), per, grad, steps, recomputed, nonfinite)
+        solver = self.method.solver(heads)
+        for p, st in enumerate(self.initial):
+            tape = self.method.new_tape()
+            out = self.method.solve(solver, st, p, tape)
+            self.method.check_mass(out, p, "during a risk evaluation")
+            per[p] = self.loss.value(self.method.measure(out), self.targets[p])
+            lam = self.method.cotangent(self.loss, out, self.targets[p], 1.0 / P)
+            Bb, Vb, rec = self.method.backward(solver, tape, out, lam)
+            nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
+            B_bar += Bb
+            V_bar += Vb
+            steps += out.steps - st.steps
+            recomputed += rec
+        if self._sync():  # refined on the way: again, on the new schedules
+            return self.risk_and_grad(heads)
+        return RiskResult(float(per.mean()), per, heads.chain(B_bar, V_bar), B_bar, steps, recomputed, nonfinite)

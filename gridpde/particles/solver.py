@@ -11,15 +11,8 @@ attention-only transformer with L layers of M heads,
 X <- X + (1/L) v[mu](X); classic RK4 with several substeps approaches the
 depth limit (the neural ODE/PDE).
 
-Token initialisation from a prompt:
-
-- ``sample``: n i.i.d. draws (seeded), weights 1/n (Monte Carlo error).
-- ``quadrature``: deterministic, q = round(n^(1/d)) points per axis at the
-  cell centres of a box covering the prompt (mean +- 8 sd per component,
-  or the uniform box itself) with weights proportional to the density at
-  the centres (Gaussians, mixtures: spectrally accurate midpoint rule) or to
-  the cell averages (uniform boxes: exact). Zero weights are dropped.
-- a ``tokens`` prompt is used as given.
+Tokens come from a prompt by :meth:`gridpde.prompts.GaussianPrompt.tokens` and
+its kin (sampled, quadrature, or as given).
 """
 
 from __future__ import annotations
@@ -31,13 +24,8 @@ import numpy as np
 
 from gridpde.attention.direct import direct_velocity
 from gridpde.attention.direct_vjp import direct_velocity_vjp
-from gridpde.casefile import GaussianPrompt, Prompt, TokensPrompt, UniformPrompt
 from gridpde.errors import NumericalError
-from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
-from gridpde.prompts import normal_pdf, uniform_cell_averages
-
-QUADRATURE_SIGMAS = 8.0
 
 
 @dataclass(frozen=True)
@@ -50,56 +38,6 @@ class Tableau:
 
 EULER = Tableau(((),), (1.0,))
 RK4 = Tableau(((), ((0, 0.5),), ((1, 0.5),), ((2, 1.0),)), (1 / 6, 1 / 3, 1 / 3, 1 / 6))
-
-
-def prompt_tokens(prompt: Prompt, n: int, init: str = "quadrature", seed: int = 0):
-    """Weighted tokens (X (n, d), w (n,)) representing ``prompt``."""
-    if isinstance(prompt, TokensPrompt):
-        return np.array(prompt.points, float), np.array(prompt.weights, float)
-    if init == "sample":
-        return _sample(prompt, n, np.random.default_rng(seed))
-    return _quadrature(prompt, n)
-
-
-def _components(prompt: Prompt):
-    if isinstance(prompt, GaussianPrompt):
-        return np.ones(1), prompt.mean[None], prompt.cov[None]
-    return prompt.weights, prompt.means, prompt.covs
-
-
-def _sample(prompt: Prompt, n: int, rng: np.random.Generator):
-    if isinstance(prompt, UniformPrompt):
-        X = rng.uniform(prompt.lower, prompt.upper, size=(n, prompt.lower.size))
-    else:
-        weights, means, covs = _components(prompt)
-        which = rng.choice(len(weights), size=n, p=weights / weights.sum())
-        z = rng.standard_normal((n, means.shape[1]))
-        chol = np.linalg.cholesky(covs)
-        X = means[which] + np.einsum("nab,nb->na", chol[which], z)
-    return X, np.full(n, 1.0 / n)
-
-
-def _quadrature(prompt: Prompt, n: int):
-    if isinstance(prompt, UniformPrompt):
-        d = prompt.lower.size
-        q = max(1, round(n ** (1 / d)))
-        grid = Grid(tuple(prompt.lower), tuple(prompt.upper), (q,) * d)
-        w = uniform_cell_averages(grid, prompt.lower, prompt.upper)
-    else:
-        weights, means, covs = _components(prompt)
-        d = means.shape[1]
-        q = max(1, round(n ** (1 / d)))
-        sd = np.sqrt(np.einsum("cii->ci", covs))
-        lo = np.min(means - QUADRATURE_SIGMAS * sd, axis=0)
-        hi = np.max(means + QUADRATURE_SIGMAS * sd, axis=0)
-        grid = Grid(tuple(lo), tuple(hi), (q,) * d)
-        pts = np.stack(np.meshgrid(*(grid.centres(a) for a in range(d)), indexing="ij"), -1)
-        w = sum(c * normal_pdf(pts, m, S) for c, m, S in zip(weights, means, covs))
-    pts = np.stack(np.meshgrid(*(grid.centres(a) for a in range(grid.dim)), indexing="ij"), -1)
-    X = pts.reshape(-1, grid.dim)
-    w = w.ravel()
-    keep = w > 0
-    return X[keep], w[keep] / w[keep].sum()
 
 
 def token_moments(X: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -42,13 +42,12 @@ from functools import partial
 
 import numpy as np
 
-from gridpde.casefile import TrainSpec
+from gridpde.spec import TrainSpec
 from gridpde.errors import RunError
-from gridpde.heads import conditional_wasserstein
+from gridpde.heads import Heads, conditional_wasserstein
 from gridpde.objective.problem import Problem, RiskResult
 
 MAX_HALVINGS = 20
-BLOCKS = ("Q", "K", "V")
 LBFGS_MEMORY = 20
 ARMIJO = 1e-4
 NOISE_HALVINGS = 10
@@ -73,7 +72,7 @@ class TrainRecord:
     depth_steps: list[int] = field(default_factory=list)  # depth steps of one evaluation (the risk's schedule)
     # heads at checkpoint steps
     checkpoint_step: list[int] = field(default_factory=list)
-    checkpoint_heads: list[dict] = field(default_factory=list)
+    checkpoint_heads: list[Heads] = field(default_factory=list)
 
     def append(self, *row) -> None:
         """One row, in the order of ``ROWS``."""
@@ -92,14 +91,14 @@ class TrainRecord:
 @dataclass
 class TrainState:
     step: int
-    heads: dict
+    heads: Heads
     status: str = "running"
     message: str = ""
     schedules: list | None = None  # grid depth-step schedules of the risk (refined during training)
 
 
-def grad_norm(grad: dict) -> float:
-    return float(np.sqrt(sum(np.sum(grad[k] ** 2) for k in BLOCKS)))
+def grad_norm(grad: Heads) -> float:
+    return float(np.linalg.norm(grad.flat()))
 
 
 def _check_finite(res: RiskResult, step: int) -> None:
@@ -110,7 +109,7 @@ def train(
     problem: Problem,
     spec: TrainSpec,
     state: TrainState,
-    initial: dict,
+    initial: Heads,
     record: TrainRecord,
     *,
     on_step: Callable[[TrainState, TrainRecord], None] | None = None,
@@ -136,7 +135,7 @@ def train(
         NumericalError: NaN in the risk or gradient; ``state`` is left at the
             last good step (the caller saves it).
     """
-    L, M = state.heads["V"].shape[:2]
+    L, M = state.heads.layers, state.heads.width
     t0 = time.perf_counter()
     deadline = t0 + spec.time_limit if spec.time_limit else None
     if spec.scheme == "implicit":
@@ -145,7 +144,7 @@ def train(
         step = _explicit_step
     if state.schedules is not None:  # resuming: the risk as it was at the checkpoint
         problem.use_schedules(state.schedules)
-    res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
+    res = problem.risk_and_grad(state.heads)
     _check_finite(res, state.step)
     spent = 0  # evaluations of steps abandoned because the schedule was refined
     while True:
@@ -161,7 +160,7 @@ def train(
             return state
         except _Refined as exc:  # the discrete risk changed under the step: take it again
             spent += exc.evaluations + 1
-            res = problem.risk_and_grad(*(state.heads[k] for k in BLOCKS))
+            res = problem.risk_and_grad(state.heads)
             _check_finite(res, state.step)
             continue
         w_c = conditional_wasserstein(state.heads, initial)
@@ -171,7 +170,7 @@ def train(
         spent = 0
         state.step += 1
         state.heads = trial
-        state.schedules = getattr(problem, "schedules", None)
+        state.schedules = problem.schedules
         res = new
         if on_step is not None:
             on_step(state, record)
@@ -191,9 +190,14 @@ class _Refined(Exception):
         self.evaluations = evaluations
 
 
-def _evaluate(problem: Problem, heads: dict, version: int, evaluations: int) -> RiskResult:
-    """R and its gradient at ``heads``; _Refined if the schedule is no longer ``version``."""
-    res = problem.risk_and_grad(**heads)
+def _evaluate(problem: Problem, like: Heads, x: np.ndarray, version: int, evaluations: int) -> RiskResult:
+    """R and its gradient at the heads ``like.with_flat(x)``; _Refined if the schedule is no longer ``version``.
+
+    Raises RunError (a failed trial) if x is not finite.
+    """
+    if not np.all(np.isfinite(x)):
+        raise RunError("the trial heads are not finite")
+    res = problem.risk_and_grad(like.with_flat(x))
     if problem.version != version:
         raise _Refined(evaluations)
     return res
@@ -208,9 +212,9 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     lr = spec.lr
     version = problem.version
     for evaluations in range(1, MAX_HALVINGS + 2):
-        trial = {k: state.heads[k] - lr * scale * res.grad[k] for k in BLOCKS}
+        x = state.heads.flat() - lr * scale * res.grad.flat()
         try:
-            new = _evaluate(problem, trial, version, evaluations)
+            new = _evaluate(problem, state.heads, x, version, evaluations)
         except RunError as exc:  # e.g. the trial heads push mass out of the box
             if not spec.backtrack:
                 raise RunError(f"training step {state.step + 1}: {exc}") from None
@@ -224,7 +228,7 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     if spec.backtrack and not new.risk <= res.risk:
         raise _NoDescent(f"line search: no step down to lr * 2^-{MAX_HALVINGS} lowers the risk "
                          f"{res.risk:.3g} (stationary to round-off, or at a kink of the discrete risk)")
-    return trial, new, lr, evaluations
+    return state.heads.with_flat(x), new, lr, evaluations
 
 
 def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int,
@@ -248,18 +252,9 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
 
     Returns like :func:`_explicit_step`; the lr taken is always ``lr``.
     """
-    shapes = {k: state.heads[k].shape for k in BLOCKS}
-    sizes = np.cumsum([state.heads[k].size for k in BLOCKS])[:-1]
-
-    def flat(d: dict) -> np.ndarray:
-        return np.concatenate([np.ravel(d[k]) for k in BLOCKS])
-
-    def unflat(x: np.ndarray) -> dict:
-        return {k: part.reshape(shapes[k]) for k, part in zip(BLOCKS, np.split(x, sizes))}
-
     c = 1.0 / (spec.lr * scale)
-    x0 = flat(state.heads)
-    x, cur, phi, g = x0, res, res.risk, flat(res.grad)
+    x0 = state.heads.flat()
+    x, cur, phi, g = x0, res, res.risk, res.grad.flat()
     target = spec.inner_tol * np.linalg.norm(g)
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
     evaluations = 0
@@ -275,8 +270,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     if np.all(np.isfinite(probe)):
         evaluations += 1
         try:
-            near = _evaluate(problem, unflat(x0 + probe), version, evaluations)
-            remember(probe, flat(near.grad) + c * probe - g)
+            near = _evaluate(problem, state.heads, x0 + probe, version, evaluations)
+            remember(probe, near.grad.flat() + c * probe - g)
         except RunError:
             pass
     for _ in range(spec.inner_steps):
@@ -295,8 +290,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             xt = x + alpha * d
             evaluations += 1
             try:
-                new = _evaluate(problem, unflat(xt), version, evaluations)
-                finite = np.isfinite(new.risk) and np.all(np.isfinite(flat(new.grad)))
+                new = _evaluate(problem, state.heads, xt, version, evaluations)
+                finite = np.isfinite(new.risk) and np.all(np.isfinite(new.grad.flat()))
             except RunError:  # e.g. mass leaving the box: a rise
                 new, finite = None, True
             if new is not None and finite:
@@ -309,7 +304,7 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             if not finite:  # even the smallest trial step gives NaN: not a matter of step size
                 _check_finite(new, state.step + 1)
             break
-        g_t = flat(accepted.grad) + c * (xt - x0)
+        g_t = accepted.grad.flat() + c * (xt - x0)
         remember(xt - x, g_t - g)
         x, cur, phi, g = xt, accepted, phi_t, g_t
         if on_inner is not None:
@@ -321,7 +316,7 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     if cur is res:
         raise _NoDescent(f"implicit step: no inner step lowers the risk {res.risk:.3g} "
                          "(stationary to round-off, or at a kink of the discrete risk)")
-    return unflat(x), cur, spec.lr, evaluations
+    return state.heads.with_flat(x), cur, spec.lr, evaluations
 
 
 def _lbfgs_direction(g: np.ndarray, pairs: list) -> np.ndarray:

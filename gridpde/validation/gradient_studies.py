@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridpde.casefile import Case, GaussianPrompt, GridSpec, LossSpec, ModelSpec, OutputSpec, SolverSpec
+from gridpde.heads import Heads
+from gridpde.prompts import GaussianPrompt
+from gridpde.spec import Case, GridSpec, LossSpec, OutputSpec, SolverSpec
 from gridpde.objective.losses import gaussian_mmd
 from gridpde.objective.problem import Problem
 from gridpde.validation.gaussian import gaussian_moments
@@ -32,41 +34,31 @@ def gaussian_case(dim: int, method: str, n: int, scheme: str = "upwind", tokens:
     problem = gaussian_problem(dim)
     L, M = problem.B.shape[:2]
     eye = np.broadcast_to(np.eye(dim), problem.B.shape).copy()
-    model = ModelSpec(L, M, dim, problem.B.copy(), eye, problem.V.copy())
+    heads = Heads(problem.B.copy(), eye, problem.V.copy())
     lo, hi = problem.box()
     grid = GridSpec(lo, hi, (n,) * dim)
     solver = SolverSpec(method=method, scheme=scheme, limiter="vanleer", tokens=tokens,
                         init="quadrature", integrator="rk4", substeps=8)
-    return Case(dim=dim, grid=grid, model=model, prompts=(GaussianPrompt(problem.mean, problem.cov),),
+    return Case(dim=dim, grid=grid, heads=heads, prompts=(GaussianPrompt(problem.mean, problem.cov),),
                 solver=solver, output=OutputSpec(), loss=LossSpec("mmd", SIGMA), targets=(_target(dim),))
 
 
-def exact_risk(case: Case, Q, K, V) -> float:
+def exact_risk(case: Case, heads: Heads) -> float:
     """Closed-form MMD of the exact output N(m(1), S(1)) to the Gaussian target."""
     p, t = case.prompts[0], case.targets[0]
-    B = np.swapaxes(K, -1, -2) @ Q
-    (m1,), (S1,) = gaussian_moments(p.mean, p.cov, B, V, np.array([1.0]))
+    (m1,), (S1,) = gaussian_moments(p.mean, p.cov, heads.B, heads.V, np.array([1.0]))
     return gaussian_mmd(m1, S1, t.mean, t.cov, SIGMA)
 
 
-def exact_gradient(case: Case, eps: float = 1e-5) -> dict[str, np.ndarray]:
-    """Central differences of :func:`exact_risk` in every entry of Q, K, V."""
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    grad = {}
-    for name, value in heads.items():
-        g = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            plus = {k: v.copy() for k, v in heads.items()}
-            minus = {k: v.copy() for k, v in heads.items()}
-            plus[name][idx] += eps
-            minus[name][idx] -= eps
-            g[idx] = (exact_risk(case, **plus) - exact_risk(case, **minus)) / (2 * eps)
-        grad[name] = g
-    return grad
-
-
-def _flat(grad: dict) -> np.ndarray:
-    return np.concatenate([grad[k].ravel() for k in ("Q", "K", "V")])
+def exact_gradient(case: Case, eps: float = 1e-5) -> np.ndarray:
+    """Central differences of :func:`exact_risk` in every entry of Q, K, V (laid out as ``Heads.flat``)."""
+    x = case.heads.flat()
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (exact_risk(case, case.heads.with_flat(x + e)) - exact_risk(case, case.heads.with_flat(x - e))) / (2 * eps)
+    return g
 
 
 def gradient_error(dim: int, method: str, levels, scheme: str = "upwind"):
@@ -75,13 +67,12 @@ def gradient_error(dim: int, method: str, levels, scheme: str = "upwind"):
     Returns:
         (levels, errors, fitted order in h (grid) or in n (particles)).
     """
-    ref = _flat(exact_gradient(gaussian_case(dim, method, 8)))
+    ref = exact_gradient(gaussian_case(dim, method, 8))
     errs = []
     hs = []
     for n in levels:
         case = gaussian_case(dim, method, n, scheme, tokens=n**dim)
-        m = case.model
-        g = _flat(Problem(case).risk_and_grad(m.Q, m.K, m.V).grad)
+        g = Problem(case).risk_and_grad(case.heads).grad.flat()
         errs.append(float(np.linalg.norm(g - ref) / np.linalg.norm(ref)))
         hs.append((case.grid.upper[0] - case.grid.lower[0]) / n)
     return list(levels), errs, fitted_order(hs, errs)
@@ -97,13 +88,12 @@ def grid_vs_particle_gradient(dim: int, levels, scheme: str = "vanleer"):
         lo, hi = (-7.0,) * dim, (7.0,) * dim
         grads = []
         for method in ("grid", "particles"):
-            case = Case(dim=dim, grid=GridSpec(lo, hi, (n,) * dim), model=base.model,
+            case = Case(dim=dim, grid=GridSpec(lo, hi, (n,) * dim), heads=base.heads,
                         prompts=(NON_GAUSSIAN[dim],),
                         solver=SolverSpec(method=method, scheme=base.solver.scheme, limiter="vanleer",
                                           tokens=n**dim, init="quadrature", integrator="rk4", substeps=8),
                         output=OutputSpec(), loss=base.loss, targets=base.targets)
-            m = case.model
-            grads.append(_flat(Problem(case).risk_and_grad(m.Q, m.K, m.V).grad))
+            grads.append(Problem(case).risk_and_grad(case.heads).grad.flat())
         diffs.append(float(np.linalg.norm(grads[0] - grads[1]) / np.linalg.norm(grads[1])))
         hs.append(14.0 / n)
     return list(levels), diffs, fitted_order(hs, diffs)

@@ -13,10 +13,10 @@ from typing import Literal
 
 import numpy as np
 
-from gridpde.casefile import GaussianPrompt, MixturePrompt, Prompt, UniformPrompt
+from gridpde.measures import TokenMeasure
+from gridpde.prompts import GaussianPrompt, MixturePrompt, Prompt, UniformPrompt
 from gridpde.ntk.diagnostics import (
     Basis,
-    Measure,
     PROBE_SCALE,
     RTOL,
     Spectrum,
@@ -24,7 +24,6 @@ from gridpde.ntk.diagnostics import (
     _width,
     lse_across_prompts,
     lse_per_prompt,
-    measure_from_tokens,
     prompt_measure,
     tangent_map,
 )
@@ -60,13 +59,13 @@ TOKEN_SCALE = 2.0
 class Family:
     """A validation data set: its prompts and how to probe them."""
 
-    measures: list[Measure]
+    measures: list[TokenMeasure]
     basis: Basis
     degree: int
     scale: float
 
 
-def _tokens(rng: np.random.Generator, n: int, d: int, lo: float = 0.3, hi: float = 2.0) -> Measure:
+def _tokens(rng: np.random.Generator, n: int, d: int, lo: float = 0.3, hi: float = 2.0) -> TokenMeasure:
     """n tokens uniform in [lo, hi]^d, redrawn until no two are closer than
     (hi - lo) / (2 n^(1/d)); weights 0.5 + U(0, 1), normalised."""
     gap = (hi - lo) / (2.0 * n ** (1.0 / d))
@@ -74,7 +73,7 @@ def _tokens(rng: np.random.Generator, n: int, d: int, lo: float = 0.3, hi: float
         X = rng.uniform(lo, hi, (n, d))
         dist = np.linalg.norm(X[:, None] - X[None], axis=-1) + np.eye(n) * gap
         if dist.min() >= gap:
-            return measure_from_tokens(X, 0.5 + rng.random(n))
+            return TokenMeasure(X, 0.5 + rng.random(n)).normalised()
 
 
 def family(name: str, dim: int, level: int) -> Family:
@@ -103,7 +102,7 @@ def family(name: str, dim: int, level: int) -> Family:
     def rule(*prompts: Prompt) -> Family:
         return Family([prompt_measure(p, q) for p in prompts], "poly", D, GAUSS_RULE_SCALE)
 
-    def tokens(*mus: Measure) -> Family:
+    def tokens(*mus: TokenMeasure) -> Family:
         return Family(list(mus), "tokens", 0, TOKEN_SCALE)
 
     if name == "uniform":
@@ -121,20 +120,20 @@ def family(name: str, dim: int, level: int) -> Family:
         return tokens(_tokens(rng, 4 + 2 * level, d))
     if name == "tokens_origin":
         mu = _tokens(rng, 3 + 2 * level, d)
-        return tokens(measure_from_tokens(np.vstack([mu.X, np.zeros(d)]), np.append(mu.w, 0.25)))
+        return tokens(TokenMeasure(np.vstack([mu.points, np.zeros(d)]), np.append(mu.weights, 0.25)).normalised())
     if name == "dirac":
-        return tokens(measure_from_tokens(np.linspace(0.7, -0.4, d)[None], np.ones(1)))
+        return tokens(TokenMeasure(np.linspace(0.7, -0.4, d)[None], np.ones(1)).normalised())
     if name == "dirac_origin":
-        return tokens(measure_from_tokens(np.zeros((1, d)), np.ones(1)))
+        return tokens(TokenMeasure(np.zeros((1, d)), np.ones(1)).normalised())
     mu = _tokens(rng, 3 + level, d)
     if name == "translated_pair":
-        return tokens(mu, Measure(mu.X + np.linspace(0.6, -0.3, d), mu.w))
+        return tokens(mu, TokenMeasure(mu.points + np.linspace(0.6, -0.3, d), mu.weights))
     if name == "duplicate":
         return tokens(mu, mu)
     # convolution_triple: Lambda of mu1 * mu2 is Lambda_1 + Lambda_2
     m1, m2 = _tokens(rng, 2, d), _tokens(rng, 2 + level, d, -1.0, 0.5)
-    X3 = (m1.X[:, None, :] + m2.X[None, :, :]).reshape(-1, d)
-    return tokens(m1, m2, measure_from_tokens(X3, np.outer(m1.w, m2.w).ravel()))
+    X3 = (m1.points[:, None, :] + m2.points[None, :, :]).reshape(-1, d)
+    return tokens(m1, m2, TokenMeasure(X3, np.outer(m1.weights, m2.weights).ravel()).normalised())
 
 
 def run_diagnostic(

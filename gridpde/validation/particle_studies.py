@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.casefile import GaussianPrompt, MixturePrompt, UniformPrompt
+from gridpde.prompts import GaussianPrompt, MixturePrompt, UniformPrompt
 from gridpde.grid.forward import GridForward
 from gridpde.grid.mesh import Grid
-from gridpde.particles.solver import ParticleForward, prompt_tokens, token_moments
+from gridpde.particles.solver import ParticleForward, token_moments
 from gridpde.prompts import cell_averages
 from gridpde.validation.problems import fitted_order, gaussian_problem
 
@@ -65,7 +65,7 @@ def sampling_rate(ns=(256, 1024, 4096), seeds=5, dim=2) -> Rate:
     errs = np.empty((seeds, len(ns)))
     for i, n in enumerate(ns):
         for seed in range(seeds):
-            X, w = prompt_tokens(prompt, n, "sample", seed)
+            X, w = prompt.tokens(n, "sample", seed)
             errs[seed, i] = moment_error(_gaussian_run(problem, X, w), w, m1, S1)
     rms = np.sqrt(np.mean(errs**2, axis=0))
     per_seed = [_slope(ns, e) for e in errs]
@@ -79,7 +79,7 @@ def quadrature_errors(ns=(64, 256, 1024), dim=2, substeps=16) -> Rate:
     prompt = GaussianPrompt(problem.mean, problem.cov)
     errs = []
     for n in ns:
-        X, w = prompt_tokens(prompt, n, "quadrature")
+        X, w = prompt.tokens(n, "quadrature")
         errs.append(moment_error(_gaussian_run(problem, X, w, substeps), w, m1, S1))
     return Rate(_slope(ns, errs), 0.0, list(ns), errs)
 
@@ -123,7 +123,7 @@ def grid_vs_particles(dim: int, levels, prompt=None, box_half=7.0, tokens_per_le
         rho0, _ = cell_averages(prompt, grid)
         rho, lost, _ = GridForward(grid, problem.B, problem.V).solve(rho0, 0.0, 1.0)
         nt = (tokens_per_level or levels)[i] ** dim
-        X, w = prompt_tokens(prompt, nt, "quadrature")
+        X, w = prompt.tokens(nt, "quadrature")
         Xs = ParticleForward(problem.B, problem.V, "rk4", 8).solve(X, w, 0, problem.B.shape[0] * 8)
         if dim == 1:
             dists.append(_w1_grid_tokens(grid, rho, Xs, w))
@@ -147,7 +147,7 @@ def _smooth_heads(L: int, M: int = 2, d: int = 2) -> tuple[np.ndarray, np.ndarra
 def depth_gap(Ls=(4, 8, 16, 32, 64), L_ref=2048, q=12) -> Rate:
     """Euler transformer with L layers vs the depth limit, RMS token distance."""
     prompt = NON_GAUSSIAN[2]
-    X, w = prompt_tokens(prompt, q * q, "quadrature")
+    X, w = prompt.tokens(q * q, "quadrature")
     Bref, Vref = _smooth_heads(L_ref)
     ref = ParticleForward(Bref, Vref, "rk4", 1).solve(X, w, 0, L_ref)
     errs = []
@@ -161,7 +161,7 @@ def depth_gap(Ls=(4, 8, 16, 32, 64), L_ref=2048, q=12) -> Rate:
 def width_gap(Ms=(1, 4, 16, 64), M_ref=4096, seeds=4, q=12, scale=0.5) -> Rate:
     """M i.i.d. heads vs a very wide reference, RMS token distance over seeds."""
     prompt = NON_GAUSSIAN[2]
-    X, w = prompt_tokens(prompt, q * q, "quadrature")
+    X, w = prompt.tokens(q * q, "quadrature")
     L, d = 2, 2
 
     def draw(M, seed):

@@ -68,14 +68,13 @@ def teacher_student(dim: int, variant: str, method: str, ratio: float = 1e-6, **
     """
     case = load_case(CASES / f"teacher_student_{dim}d_{variant}.toml")
     problem = Problem(case, method)
-    heads = {"Q": case.model.Q, "K": case.model.K, "V": case.model.V}
-    risk0 = problem.risk(**heads).risk
+    heads = case.heads
+    risk0 = problem.risk(heads).risk
     spec = dataclasses.replace(case.train, risk_tol=ratio * risk0, **train)
     rec = TrainRecord()
-    state = train_flow(problem, spec, TrainState(0, dict(heads)), heads, rec)
-    final = problem.risk(**state.heads).risk
-    t = case.loss.teacher
-    teacher = {"Q": t.Q, "K": t.K, "V": t.V}
+    state = train_flow(problem, spec, TrainState(0, heads), heads, rec)
+    final = problem.risk(state.heads).risk
+    teacher = case.loss.teacher
     risks = np.array(rec.risk + [final])
     return Convergence(state.step, int(sum(rec.evaluations)), risk0, final, bool(np.all(np.diff(risks) <= 0)),
                        conditional_wasserstein(state.heads, heads),

@@ -1,0 +1,138 @@
+"""The grid method: densities on the case's box, advanced by finite volumes.
+
+State: :class:`GridState` (cell averages rho, mass that left the box, depth
+steps taken). A full-depth :meth:`GridMethod.solve` follows a depth-step
+schedule per prompt, fixed by :meth:`GridMethod.plan` from the case's heads
+and the teacher's (the larger count per layer interval), so the discrete
+risk is a smooth function of the heads instead of jumping wherever an
+adaptive step count would change. Where heads need more steps for
+positivity the schedule is refined for good and ``version`` counts it: the
+discrete map changed, and the caller evaluates again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gridpde.errors import CaseError, MassLost
+from gridpde.grid.adjoint import backward
+from gridpde.grid.forward import GridForward, Tape
+from gridpde.grid.mesh import Grid
+from gridpde.heads import Heads
+from gridpde.io.snapshots import Snapshots
+from gridpde.measures import GridMeasure
+from gridpde.method import Method
+from gridpde.prompts import cell_averages
+
+
+@dataclass
+class GridState:
+    """rho: cell averages; mass_out: mass that left the box (at s = 0 included); steps: depth steps."""
+
+    rho: np.ndarray
+    mass_out: float = 0.0
+    steps: int = 0
+
+
+class GridMethod(Method):
+    name = "grid"
+
+    def __init__(self, case):
+        super().__init__(case)
+        if case.grid is None:
+            raise CaseError("[grid]: required for the grid method (lower, upper, cells)")
+        sv = case.solver
+        self.grid = Grid(case.grid.lower, case.grid.upper, case.grid.cells)
+        self.limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
+        self.attrs = {"scheme": sv.scheme, "limiter": sv.limiter, "time": sv.time, "cfl": sv.cfl,
+                      "quadrature": sv.quadrature, "mass_tol": sv.mass_tol}
+        self.label = f"{'x'.join(map(str, self.grid.cells))} cells"
+        self._schedules: list[list[int]] | None = None
+        self.version = 0
+
+    def initial(self, prompt, where, seed) -> GridState:
+        rho, outside = cell_averages(prompt, self.grid, where)
+        return GridState(rho, outside)
+
+    def measure(self, state: GridState) -> GridMeasure:
+        return GridMeasure(self.grid, state.rho)
+
+    def solver(self, heads: Heads) -> GridForward:
+        sv = self.case.solver
+        return GridForward(self.grid, heads.B, heads.V, self.limiter, sv.time, sv.cfl, sv.quadrature)
+
+    def advance(self, solver: GridForward, state: GridState, s0, s1, on_step=None) -> GridState:
+        rho, lost, n = solver.solve(state.rho, s0, s1, on_step)
+        return GridState(rho, state.mass_out + lost, state.steps + n)
+
+    # ------------------------------------------------------------ schedules
+    def plan(self, heads, states) -> None:
+        """Per prompt and layer interval, the larger step count the given heads need.
+
+        A student trained towards the teacher's velocities then stays inside
+        the schedule instead of crossing a doubling (a jump of the risk that
+        stalls the line search).
+        """
+        schedules = [[0] * self.case.heads.layers for _ in states]
+        for h in heads:
+            solver = self.solver(h)
+            for p, st in enumerate(states):
+                sched: list[int] = []
+                solver.solve(st.rho, 0.0, 1.0, schedule=sched)
+                schedules[p] = [max(a, b) for a, b in zip(schedules[p], sched, strict=True)]
+        self._schedules = schedules
+
+    @property
+    def schedules(self) -> list[list[int]] | None:
+        return self._schedules
+
+    def use_schedules(self, schedules) -> None:
+        schedules = [[int(n) for n in s] for s in schedules]
+        if schedules != self._schedules:
+            self._schedules = schedules
+            self.version += 1
+
+    def solve(self, solver: GridForward, state: GridState, p: int, tape=None) -> GridState:
+        """Prompt p on its schedule; a doubling for positivity refines the schedule for good."""
+        sched = list(self._schedules[p]) if self._schedules is not None else []
+        rho, lost, n = solver.solve(state.rho, 0.0, 1.0, tape=tape, schedule=sched)
+        if self._schedules is not None and sched != self._schedules[p]:
+            self.use_schedules([sched if q == p else s for q, s in enumerate(self._schedules)])
+        return GridState(rho, state.mass_out + lost, state.steps + n)
+
+    def depth_steps(self, states) -> int:
+        return sum(map(sum, self._schedules)) if self._schedules is not None else 0
+
+    def check_mass(self, state: GridState, p: int, where: str) -> None:
+        tol = self.case.solver.mass_tol
+        if state.mass_out > tol:
+            raise MassLost(f"prompt {p}: mass that left the box {state.mass_out:.3g} exceeds "
+                           f"solver.mass_tol = {tol:g} {where}; enlarge [grid] lower/upper")
+
+    # ------------------------------------------------------------ adjoint
+    def new_tape(self) -> Tape:
+        return Tape(self.case.solver.adjoint_memory_mb * 2**20)
+
+    def cotangent(self, loss, state: GridState, target, scale: float) -> np.ndarray:
+        return loss.first_variation(self.measure(state), target) * (self.grid.cell_volume * scale)
+
+    def backward(self, solver: GridForward, tape: Tape, state: GridState, lam):
+        _, B_bar, V_bar = backward(solver, tape, lam)
+        return B_bar, V_bar, tape.recomputed
+
+    # ------------------------------------------------------------ snapshots
+    def snapshots(self, depth, states) -> Snapshots:
+        g = self.grid
+        return Snapshots.empty(depth, len(states), g.dim, cells=g.shape,
+                               centres=tuple(g.centres(a) for a in range(g.dim)))
+
+    def record(self, snaps: Snapshots, k: int, p: int, state: GridState) -> None:
+        snaps.density[p, k] = state.rho
+        snaps.mass_out[p, k] = state.mass_out
+        snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = self.grid.moments(state.rho)
+        snaps.steps[p, k] = state.steps
+
+
+

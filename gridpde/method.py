@@ -1,0 +1,130 @@
+"""The method interface: what a discretisation of the model does, in one place.
+
+A :class:`Method` turns prompts into initial states, runs them forward for
+given heads (recording a tape for the adjoint), runs the adjoint back to
+gradients in B = K^T Q and V, exposes a state as the measure the losses
+read, and records states into snapshots. The grid method
+(:class:`gridpde.grid.method.GridMethod`) and the particle method
+(:class:`gridpde.particles.method.ParticleMethod`) each implement it once;
+the problem, the run loop and the NTK trajectory only talk to this
+interface, and :func:`make_method` is the one place that looks at the
+method's name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gridpde.heads import Heads
+from gridpde.io.snapshots import Snapshots
+from gridpde.measures import Measure
+from gridpde.prompts import Prompt
+from gridpde.spec import Case
+
+OnStep = Callable[[float, int], None]
+
+
+class Method(ABC):
+    """A discretisation of the forward model and its adjoint.
+
+    Attributes:
+        name: "grid" or "particles".
+        label: a few words for progress lines (cells, or integrator).
+        attrs: the solver choices, for the result file's attributes.
+        version: counts changes of the discrete map (grid: refined depth-step
+            schedules); a caller that sees it change evaluates again.
+    """
+
+    name: str
+    label: str
+    attrs: dict
+    version: int = 0
+
+    def __init__(self, case: Case):
+        self.case = case
+
+    # ------------------------------------------------------------ states
+    @abstractmethod
+    def initial(self, prompt: Prompt, where: str, seed: int) -> Any:
+        """The state of one prompt at s = 0 (``where`` names it in messages, ``seed`` for sampling)."""
+
+    def initial_states(self, prompts: Sequence[Prompt], seed_offset: int = 0, where: str = "prompts") -> list:
+        """:meth:`initial` of every prompt (prompt i gets seed ``solver.seed + seed_offset + i``)."""
+        seed = self.case.solver.seed + seed_offset
+        return [self.initial(p, f"{where}[{i}]", seed + i) for i, p in enumerate(prompts)]
+
+    @abstractmethod
+    def measure(self, state) -> Measure:
+        """The state as the measure losses and diagnostics read."""
+
+    # ------------------------------------------------------------ forward
+    @abstractmethod
+    def solver(self, heads: Heads) -> Any:
+        """A forward solver for fixed heads (what :meth:`advance` and :meth:`solve` run)."""
+
+    @abstractmethod
+    def advance(self, solver, state, s0: float, s1: float, on_step: OnStep | None = None):
+        """The state moved from depth s0 to s1 (the run loop's snapshots)."""
+
+    @abstractmethod
+    def solve(self, solver, state, p: int, tape: list | None = None):
+        """Prompt p's state moved from s = 0 to 1 on the method's fixed steps, recording ``tape``."""
+
+    def plan(self, heads: Sequence[Heads], states: list) -> None:
+        """Fix the depth steps every later :meth:`solve` takes, from these heads (default: nothing to fix)."""
+
+    @property
+    def schedules(self) -> list | None:
+        """The fixed depth-step schedules (grid), or None."""
+        return None
+
+    def use_schedules(self, schedules) -> None:
+        """Follow saved schedules (from a checkpoint); a no-op where steps are fixed by the case."""
+
+    @abstractmethod
+    def depth_steps(self, states: list) -> int:
+        """Depth steps of one :meth:`solve` over all prompts."""
+
+    @abstractmethod
+    def check_mass(self, state, p: int, where: str) -> None:
+        """Raise :class:`gridpde.errors.MassLost` if prompt p lost more mass than ``solver.mass_tol``."""
+
+    # ------------------------------------------------------------ adjoint
+    @abstractmethod
+    def new_tape(self) -> Any:
+        """An empty tape for :meth:`solve`."""
+
+    @abstractmethod
+    def cotangent(self, loss, state, target: Measure | None, scale: float) -> np.ndarray:
+        """``scale`` times dF/d(state) at s = 1: the adjoint's final value."""
+
+    @abstractmethod
+    def backward(self, solver, tape, state, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(dR/dB, dR/dV, steps recomputed) from the cotangent ``lam`` of the output state."""
+
+    # ------------------------------------------------------------ snapshots
+    @abstractmethod
+    def snapshots(self, depth: np.ndarray, states: list) -> Snapshots:
+        """An empty record for these states at these depths (the depths actually used)."""
+
+    @abstractmethod
+    def record(self, snaps: Snapshots, k: int, p: int, state) -> None:
+        """Write prompt p's state into snapshot k."""
+
+
+def make_method(case: Case, name: str | None = None) -> Method:
+    """The case's method (or ``name``): a :class:`Method`."""
+    name = name or case.solver.method
+    if name == "grid":
+        from gridpde.grid.method import GridMethod
+
+        return GridMethod(case)
+    if name == "particles":
+        from gridpde.particles.method import ParticleMethod
+
+        return ParticleMethod(case)
+    raise ValueError(f"method = {name!r}: expected \"grid\" or \"particles\"")

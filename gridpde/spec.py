@@ -1,0 +1,354 @@
+"""What a case asks for, as frozen dataclasses: no TOML here.
+
+The case-file reader (:mod:`gridpde.casefile`) builds these from TOML text
+with messages that name the key; Python code can build them directly
+(:meth:`Case.build`), with the same checks. Numerics import this module,
+never the reader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, NoReturn, get_args
+
+import numpy as np
+
+from gridpde.errors import CaseError
+from gridpde.heads import Heads
+from gridpde.prompts import Prompt, TokenInit
+
+Scheme = Literal["upwind", "muscl"]
+Limiter = Literal["minmod", "mc", "vanleer"]
+TimeStepper = Literal["euler", "ssprk2", "ssprk3"]
+Method = Literal["grid", "particles"]
+Integrator = Literal["euler", "rk4"]
+Quadrature = Literal["deconvolved", "midpoint"]
+LossKind = Literal["mmd", "potential"]
+TrainScheme = Literal["explicit", "implicit"]
+
+
+
+# ------------------------------------------------------- field checks
+# Shared with the case-file reader: every message names the key, the value
+# found and what was expected.
+
+
+MISSING: Any = object()
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A TOML-like, abbreviated rendering of ``value`` for messages."""
+    if isinstance(value, np.ndarray):
+        text = f"<array of shape {value.shape}>"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = '"' + value.replace('"', '\\"') + '"'
+    elif isinstance(value, list):
+        text = "[" + ", ".join(show(v, limit) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{ " + ", ".join(f"{k} = {show(v, limit)}" for k, v in value.items()) + " }"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fail(key: str, value: Any, expected: str) -> NoReturn:
+    if value is MISSING:
+        msg = f"{key} is missing: expected {expected}"
+    else:
+        msg = f"{key} = {show(value)}: expected {expected}"
+    raise CaseError(msg)
+
+
+def check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
+    for name in table:
+        if name not in allowed:
+            key = f"{where}.{name}" if where else name
+            expected = "unknown key, expected one of: " + ", ".join(allowed)
+            msg = f"{key} = {show(table[name])}: {expected}"
+            raise CaseError(msg)
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def check_int(value: Any, key: str, lo: int, hi: int | None = None) -> int:
+    n = as_int(value)
+    if n is None or n < lo or (hi is not None and n > hi):
+        fail(key, value, f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}")
+    return n
+
+
+def check_float(value: Any, key: str, ok: Callable[[float], bool], expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(key, value, expected)
+    x = float(value)
+    return x if math.isfinite(x) and ok(x) else fail(key, value, expected)
+
+
+def check_bool(value: Any, key: str) -> bool:
+    return value if isinstance(value, bool) else fail(key, value, "true or false")
+
+
+def check_str(value: Any, key: str) -> str:
+    return value if isinstance(value, str) and value else fail(key, value, "a non-empty string")
+
+
+def check_choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    if not (isinstance(value, str) and value in choices):
+        fail(key, value, "one of " + ", ".join(f'"{c}"' for c in choices))
+    return value
+
+
+def unit(v: Any, k: str) -> float:
+    return check_float(v, k, lambda x: 0 < x <= 1, "a number in (0, 1]")
+
+
+def one_of(literal: Any) -> Callable[[Any, str], str]:
+    choices = get_args(literal)
+    return lambda v, k: check_choice(v, k, choices)
+
+
+SOLVER_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "method": one_of(Method),
+    "scheme": one_of(Scheme),
+    "limiter": one_of(Limiter),
+    "time": one_of(TimeStepper),
+    "cfl": unit,
+    "mass_tol": unit,
+    "quadrature": one_of(Quadrature),
+    "integrator": one_of(Integrator),
+    "substeps": lambda v, k: check_int(v, k, 1),
+    "tokens": lambda v, k: check_int(v, k, 1),
+    "init": one_of(TokenInit),
+    "seed": lambda v, k: check_int(v, k, 0),
+    "adjoint_memory_mb": lambda v, k: check_float(v, k, lambda x: x > 0, "a number > 0"),
+}
+OUTPUT_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "path": check_str,
+    "snapshots": lambda v, k: check_int(v, k, 2),
+    "plot": check_bool,
+}
+TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
+    "steps": lambda v, k: check_int(v, k, 0),
+    "lr": lambda v, k: check_float(v, k, lambda x: x > 0, "a number > 0"),
+    "checkpoint_every": lambda v, k: check_int(v, k, 1),
+    "backtrack": check_bool,
+    "risk_tol": lambda v, k: check_float(v, k, lambda x: x >= 0, "a number >= 0"),
+    "grad_tol": lambda v, k: check_float(v, k, lambda x: x >= 0, "a number >= 0"),
+    "time_limit": lambda v, k: check_float(v, k, lambda x: x >= 0, "a number >= 0 (seconds; 0: none)"),
+    "scheme": one_of(TrainScheme),
+    "inner_steps": lambda v, k: check_int(v, k, 1),
+    "inner_tol": lambda v, k: check_float(v, k, lambda x: 0 <= x < 1, "a number in [0, 1)"),
+}
+
+
+
+
+def _check_fields(obj: Any, where: str, checks: dict[str, Callable[[Any, str], Any]]) -> None:
+    """Run each field of a frozen dataclass through its check (None: a default left unset)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None and f.default is None:
+            continue
+        object.__setattr__(obj, f.name, checks[f.name](value, f"{where}.{f.name}"))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Uniform Cartesian box: ``lower``/``upper`` per axis, ``cells`` per axis."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    cells: tuple[int, ...]
+
+    def __post_init__(self):
+        lower = tuple(check_float(x, "grid.lower", lambda _: True, "finite numbers") for x in self.lower)
+        upper = tuple(check_float(x, "grid.upper", lambda _: True, "finite numbers") for x in self.upper)
+        cells = tuple(check_int(n, "grid.cells", 2) for n in self.cells)
+        if not 1 <= len(cells) <= 3 or not len(lower) == len(upper) == len(cells):
+            fail("grid", self, "lower, upper and cells of one length 1, 2 or 3")
+        if not all(b > a for a, b in zip(lower, upper)):
+            fail("grid.upper", list(upper), f"upper > lower on every axis (lower = {list(lower)})")
+        object.__setattr__(self, "lower", lower)
+        object.__setattr__(self, "upper", upper)
+        object.__setattr__(self, "cells", cells)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """How to solve. Grid keys first, then the particle method's keys.
+
+    ``cfl`` in (0, 1] is the target Courant number sum_a max|u_a| dt / dx_a;
+    steps are refined so that it never exceeds the scheme's positivity limit.
+    ``mass_tol``: the run stops (exit 1) when the mass that left the box
+    exceeds this fraction of the initial mass.
+    """
+
+    method: Method = "grid"
+    scheme: Scheme = "muscl"
+    limiter: Limiter = "vanleer"
+    time: TimeStepper = "ssprk3"
+    cfl: float = 0.4
+    mass_tol: float = 1e-6
+    quadrature: Quadrature = "deconvolved"
+    # particle method
+    integrator: Integrator = "rk4"
+    substeps: int | None = None  # steps per layer; default 1 for euler, 4 for rk4
+    tokens: int = 4096
+    init: TokenInit = "quadrature"
+    seed: int = 0
+    adjoint_memory_mb: float = 2048.0  # forward states kept for the adjoint; beyond, recompute
+
+    def __post_init__(self):
+        _check_fields(self, "solver", SOLVER_KEYS)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """[loss]: MMD with a Gaussian kernel of bandwidth ``sigma``, or the
+    potential U(x) = 1/2 |x - centre|^2. ``teacher``: heads whose outputs on
+    the same prompts (same solver) are the targets of prompts without a
+    ``target`` of their own.
+    """
+
+    kind: LossKind = "mmd"
+    sigma: float = 1.0  # mmd only
+    centre: np.ndarray | None = None  # (d,), potential only (read as the origin if not given)
+    teacher: Heads | None = None
+
+    def __post_init__(self):
+        kind = check_choice(self.kind, "loss.kind", get_args(LossKind))
+        check_float(self.sigma, "loss.sigma", lambda x: x > 0, "a number > 0")
+        if kind != "mmd" and self.teacher is not None:
+            fail("loss.teacher", self.teacher, 'no teacher with kind = "potential" (it is for kind = "mmd")')
+        if self.centre is not None:
+            centre = np.array(self.centre, dtype=np.float64)
+            if centre.ndim != 1 or not np.all(np.isfinite(centre)):
+                fail("loss.centre", self.centre, "finite numbers, one per dimension")
+            centre.setflags(write=False)
+            object.__setattr__(self, "centre", centre)
+        if self.teacher is not None and not isinstance(self.teacher, Heads):
+            fail("loss.teacher", self.teacher, "Heads")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """[train]: the conditional Wasserstein gradient flow of the heads.
+
+    ``lr`` is the time step in the mean-field scaling: explicit Euler
+    theta -= lr * L * M * dR/dtheta, or (``scheme = "implicit"``) implicit
+    Euler, the proximal (JKO) step solved by at most ``inner_steps`` L-BFGS
+    iterations until the gradient of the proximal objective is below
+    ``inner_tol`` times the gradient at the step's start.
+    Stops after ``steps`` steps, or when the risk <= ``risk_tol``, or the
+    gradient norm <= ``grad_tol``, or after ``time_limit`` seconds (0: none).
+    ``backtrack``: halve an explicit step (up to 20 times) while the risk would rise.
+    """
+
+    steps: int = 100
+    lr: float = 0.1
+    scheme: str = "explicit"
+    inner_steps: int = 50
+    inner_tol: float = 1e-6
+    checkpoint_every: int = 10
+    backtrack: bool = True
+    risk_tol: float = 0.0
+    grad_tol: float = 0.0
+    time_limit: float = 0.0
+
+    def __post_init__(self):
+        _check_fields(self, "train", TRAIN_KEYS)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: str = "runs/result.h5"
+    snapshots: int = 5
+    plot: bool = True
+
+    def __post_init__(self):
+        _check_fields(self, "output", OUTPUT_KEYS)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A validated case: what to compute (see the README's case-file section).
+
+    Build one from a case file (:func:`gridpde.casefile.load_case`), from
+    TOML text (:func:`gridpde.casefile.parse_case`) or from Python objects
+    with :meth:`build`, which checks the parts against each other as the
+    reader does.
+    """
+
+    dim: int
+    grid: GridSpec | None
+    heads: Heads
+    prompts: tuple[Prompt, ...]
+    solver: SolverSpec = field(default_factory=SolverSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    loss: LossSpec | None = None
+    train: TrainSpec | None = None
+    #: per prompt, its own target measure (a prompt-kind measure) or None
+    targets: tuple[Prompt | None, ...] = ()
+    text: str = ""
+    source: str = ""
+
+    def __post_init__(self):
+        dim = check_int(self.dim, "dim", 1, 3)
+        if not isinstance(self.heads, Heads):
+            fail("model", self.heads, "Heads (Q, K, V)")
+        if self.heads.dim != dim:
+            fail("model", self.heads, f"heads for {dim}-D tokens, found d = {self.heads.dim}")
+        prompts = tuple(self.prompts)
+        if not prompts:
+            fail("prompts", prompts, "at least one prompt")
+        targets = tuple(self.targets) or (None,) * len(prompts)
+        if len(targets) != len(prompts):
+            fail("targets", targets, f"one entry (a measure or None) per prompt ({len(prompts)})")
+        for i, p in enumerate((*prompts, *targets)):
+            key = f"prompts[{i}]" if i < len(prompts) else f"prompts[{i - len(prompts)}].target"
+            if p is not None and getattr(p, "dim", None) != dim:
+                fail(key, p, f"a {dim}-D prompt (GaussianPrompt, MixturePrompt, UniformPrompt or TokensPrompt)")
+        if self.solver.method == "grid" and self.grid is None:
+            raise CaseError("[grid]: required for the grid method (lower, upper, cells)")
+        if self.grid is not None and len(self.grid.cells) != dim:
+            fail("grid.cells", list(self.grid.cells), f"integers >= 2, one per dimension (dim = {dim})")
+        loss = self.loss
+        if loss is not None and loss.teacher is not None:
+            t, h = loss.teacher, self.heads
+            if t.Q.shape != h.Q.shape or t.V.shape != h.V.shape or t.scale_scores != h.scale_scores:
+                fail("loss.teacher", t, f"heads of the model's shapes {h!r}")
+        if loss is not None and loss.centre is not None and loss.centre.shape != (dim,):
+            fail("loss.centre", loss.centre, f"({dim},)")
+        if self.train is not None and loss is None:
+            raise CaseError("[train]: needs a [loss] table")
+        check_targets(targets, loss)
+        object.__setattr__(self, "prompts", prompts)
+        object.__setattr__(self, "targets", targets)
+
+
+def check_targets(targets: tuple[Prompt | None, ...], loss: LossSpec | None) -> None:
+    """Targets need a [loss]; mmd needs one per prompt unless a teacher is given."""
+    for i, target in enumerate(targets):
+        key = f"prompts[{i}].target"
+        if target is not None and loss is None:
+            msg = f"{key}: needs a [loss] table"
+            raise CaseError(msg)
+        if target is not None and loss is not None and loss.kind == "potential":
+            msg = f'{key}: expected no target with [loss] kind = "potential"'
+            raise CaseError(msg)
+        if target is None and loss is not None and loss.kind == "mmd" and loss.teacher is None:
+            fail(key, MISSING, 'a target measure (or a [loss.teacher] table) for kind = "mmd"')
+
+
