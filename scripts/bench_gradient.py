@@ -42,9 +42,9 @@ def main(argv=None):
     for method, dim, n, scheme in cases:
         case = gaussian_case(dim, method, n, scheme, tokens=n**dim)
         problem = Problem(case)
-        m = case.model
-        tf = best(lambda: problem.risk(m.Q, m.K, m.V))
-        tg = best(lambda: problem.risk_and_grad(m.Q, m.K, m.V))
+        m = case.heads
+        tf = best(lambda: problem.risk(m))
+        tg = best(lambda: problem.risk_and_grad(m))
         print(f"{method:<10} {dim:>3} {n:>5} {scheme:<7} {tf:>10.3f} {tg:>10.3f} {tg / tf:>6.2f}", flush=True)
 
 

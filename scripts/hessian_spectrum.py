@@ -29,9 +29,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gridpde.casefile import load_case  # noqa: E402
+from gridpde.heads import HEAD_ARRAYS, Heads  # noqa: E402
 from gridpde.objective.problem import Problem  # noqa: E402
 
-BLOCKS = ("Q", "K", "V")
+
 
 
 def main(argv=None):
@@ -45,28 +46,26 @@ def main(argv=None):
     if case.loss is None or case.loss.teacher is None:
         sys.exit(f"{args.case}: needs a [loss.teacher] table (the Hessian is taken at the teacher)")
     problem = Problem(case, args.method)
-    teacher = {k: np.asarray(getattr(case.loss.teacher, k), float) for k in BLOCKS}
+    teacher = case.loss.teacher
     stored = None
     if args.heads:
         with h5py.File(args.heads, "r") as f:
-            teacher = {k: f["heads"][k][()].reshape(teacher[k].shape) for k in BLOCKS}
-            if problem.method == "grid" and "checkpoint/schedules" in f:  # the discrete risk training ended on
+            teacher = Heads(*(f["heads"][k][()].reshape(getattr(teacher, k).shape) for k in HEAD_ARRAYS),
+                            teacher.scale_scores)
+            if "checkpoint/schedules" in f:  # the discrete risk training ended on (grid)
                 problem.use_schedules(f["checkpoint/schedules"][()])
-            if "risk" in f and f.attrs["method"] == problem.method:
+            if "risk" in f and f.attrs["method"] == problem.method.name:
                 stored = float(f["risk"][()])
-    shapes = {k: v.shape for k, v in teacher.items()}
-    sizes = np.cumsum([v.size for v in teacher.values()])[:-1]
-    L, M, k = shapes["Q"][0], shapes["Q"][1], shapes["Q"][2]
+    L, M, k = teacher.layers, teacher.width, teacher.head_dim
 
     def gradient(x):
-        parts = {b: p.reshape(shapes[b]) for b, p in zip(BLOCKS, np.split(x, sizes))}
-        res = problem.risk_and_grad(**parts)
-        return np.concatenate([res.grad[b].ravel() for b in BLOCKS]), res.risk
+        res = problem.risk_and_grad(teacher.with_flat(x))
+        return res.grad.flat(), res.risk
 
-    x0 = np.concatenate([teacher[b].ravel() for b in BLOCKS])
+    x0 = teacher.flat()
     g0, r0 = gradient(x0)
     where = args.heads or "the teacher"
-    print(f"{args.case} ({problem.method}): {x0.size} head entries; at {where} risk {r0:.2e}, "
+    print(f"{args.case} ({problem.method.name}): {x0.size} head entries; at {where} risk {r0:.2e}, "
           f"|grad| {np.linalg.norm(g0):.2e}")
     if stored is not None and not np.isclose(r0, stored, rtol=1e-9, atol=0.0):
         print(f"warning: the result file's /risk is {stored:.6e}: this is not the risk its run trained "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gridpde.heads import random_heads
+from gridpde.heads import Heads
 
 ROOT = Path(__file__).resolve().parent.parent / "cases"
 
@@ -59,13 +59,13 @@ def heads_toml(Q, K, V):
 
 def write(dim: int, variant: str):
     L, M = 2, 2
-    teacher = random_heads(L, M, dim, dim, 0.8, 11)
+    teacher = list(Heads.random(L, M, dim, dim, 0.8, 11).arrays().values())
     if variant == "near":
         rng = np.random.default_rng(12)
         student = [h + 0.05 * rng.standard_normal(h.shape) for h in teacher]
         title = "student = teacher + N(0, 0.05^2): the theory's small initial risk"
     else:
-        student = random_heads(L, M, dim, dim, 0.5, 13)
+        student = list(Heads.random(L, M, dim, dim, 0.5, 13).arrays().values())
         title = "student = an independent random draw (scale 0.5, seed 13)"
     g = GRID[dim]
     text = f"""# Teacher-student, {dim}-D: {title}.

@@ -38,15 +38,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     case = load_case(args.case)
     problem = Problem(case, args.method)
-    m = case.model
-    problem.risk_and_grad(m.Q, m.K, m.V)  # compile / load kernels
+    m = case.heads
+    problem.risk_and_grad(m)  # compile / load kernels
     t = time.perf_counter()
-    problem.risk(m.Q, m.K, m.V)
+    problem.risk(m)
     forward = time.perf_counter() - t
     prof = cProfile.Profile()
     t = time.perf_counter()
     prof.enable()
-    res = problem.risk_and_grad(m.Q, m.K, m.V)
+    res = problem.risk_and_grad(m)
     prof.disable()
     total = time.perf_counter() - t
     stats = pstats.Stats(prof).stats
@@ -55,7 +55,7 @@ def main(argv=None):
         for group, files in GROUPS.items():
             if os.path.basename(filename) in files:
                 spent[group] += tottime
-    print(f"{args.case} ({problem.method}): one gradient {total:.3f} s = {total / forward:.2f} x forward "
+    print(f"{args.case} ({problem.method.name}): one gradient {total:.3f} s = {total / forward:.2f} x forward "
           f"({forward:.3f} s); {res.steps} depth steps over {len(case.prompts)} prompts")
     for group, s in spent.items():
         print(f"  {group:<18} {s:7.3f} s  {100 * s / total:5.1f} %")
@@ -63,7 +63,7 @@ def main(argv=None):
     print(f"  {'rest (python)':<18} {rest:7.3f} s  {100 * rest / total:5.1f} %")
     t = time.perf_counter()
     for _ in range(args.repeat):
-        problem.risk_and_grad(m.Q, m.K, m.V)
+        problem.risk_and_grad(m)
     rate = args.repeat / (time.perf_counter() - t)
     print(f"{rate:.1f} risk-and-gradient evaluations per second ({args.repeat} without the profiler): "
           f"explicit steps per second")
