@@ -1,4 +1,4 @@
-"""The one place that sets numba options for every compiled kernel (and the threading layer).
+"""The one place that sets numba options for every compiled kernel.
 
 ``fastmath`` is restricted to flags that keep NaN and inf semantics
 (``nnan``/``ninf`` are left out) so that a NaN in a run is seen, not
@@ -12,13 +12,6 @@ import types
 import numba
 import numpy as np
 from numba import njit
-
-# numba's OpenMP layer spin-waits between parallel regions and, on 2 cores,
-# fights the main thread: a kernel call on 400 tokens took 3-8 ms with it and
-# 0.8 ms with the workqueue layer (measured here). An explicit
-# NUMBA_THREADING_LAYER in the environment still wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
@@ -49,6 +42,19 @@ class _Dual:
     def __call__(self, *args):
         largest = max((a.size for a in args if isinstance(a, np.ndarray)), default=0)
         return (self.serial if largest < SERIAL_BELOW else self.parallel)(*args)
+
+
+def prefer_workqueue() -> None:
+    """Use numba's workqueue threading layer unless NUMBA_THREADING_LAYER says otherwise.
+
+    numba's OpenMP layer spin-waits between parallel regions and, on 2
+    cores, fights the main thread: a kernel call on 400 tokens took 3-8 ms
+    with it and 0.8 ms with the workqueue layer (measured here). The command
+    line calls this at start; importing gridpde leaves numba's settings alone
+    (a notebook may call it before the first kernel runs).
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
 
 
 def kernel(fn=None, *, parallel=False):

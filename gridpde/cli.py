@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from gridpde._numba import prefer_workqueue
+
+    prefer_workqueue()
     try:
         return _COMMANDS[args.command](args)
     except CaseError as exc:

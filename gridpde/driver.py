@@ -23,7 +23,7 @@ from gridpde.io.checkpoint import load_checkpoint, train_datasets
 from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
 from gridpde.io.results import write_result
 from gridpde.io.snapshots import Snapshots
-from gridpde.method import make_method
+from gridpde.method import Method, make_method
 from gridpde.objective.problem import Problem
 from gridpde.particles.solver import ParticleForward
 from gridpde.spec import Case
@@ -71,6 +71,56 @@ def warm_up(report: Report, method: str) -> None:
         n = 800
         ParticleForward(zero, zero).velocity(np.zeros((n, 2)), np.full(n, 1.0 / n), 0)
     report(f"kernels ready ({time.perf_counter() - t:.1f} s)")
+
+
+def advance_snapshots(runner: Method, solver, states: list, snaps: Snapshots,
+                      progress: Progress | None = None, after: Callable[[], None] | None = None) -> None:
+    """Move every prompt through the snapshot depths after ``snaps.done - 1``, recording each.
+
+    ``after`` runs when a depth is filled (the run loop saves there); then
+    the mass check, so a run that loses mass keeps the snapshot that shows it.
+    """
+    depth, P = snaps.depth, len(states)
+    for k in range(snaps.done, len(depth)):
+        for p, st in enumerate(states):
+            step = None if progress is None else (lambda s, n, lb=f"prompt {p + 1}/{P}": progress(lb, s, n))
+            states[p] = runner.advance(solver, st, depth[k - 1], depth[k], step)
+            runner.record(snaps, k, p, states[p])
+        snaps.done = k + 1
+        if after is not None:
+            after()
+        for p, st in enumerate(states):
+            runner.check_mass(st, p, f"at depth s = {depth[k]:.4g}")
+
+
+def forward(case: Case, heads: Heads | None = None, *, method: str | None = None,
+            snapshots: int | None = None) -> Snapshots:
+    """The forward pass of every prompt of ``case``, as arrays (no file is written).
+
+    Args:
+        case: the case (its prompts, solver and grid).
+        heads: the heads to run (default: the case's).
+        method: "grid" or "particles" (default: the case's).
+        snapshots: number of equally spaced depths, 0 and 1 included (default: [output] snapshots).
+
+    Returns:
+        :class:`~gridpde.io.snapshots.Snapshots`: ``depth``, ``density`` (grid) or
+        ``positions``/``weights`` (particles), ``mass``, ``mass_out``, ``mean``, ``cov``.
+
+    Raises:
+        MassLost: more mass left the box than ``solver.mass_tol`` allows.
+        NumericalError: the solution became non-finite.
+    """
+    runner = make_method(case, method)
+    states = runner.initial_states(case.prompts)
+    snaps = runner.snapshots(np.linspace(0.0, 1.0, snapshots or case.output.snapshots), states)
+    for p, st in enumerate(states):
+        runner.record(snaps, 0, p, st)
+        runner.check_mass(st, p, "at depth s = 0")
+    snaps.done = 1
+    advance_snapshots(runner, runner.solver(heads or case.heads), states, snaps)
+    snaps.status, snaps.message = "finished", ""
+    return snaps
 
 
 def run_case(
@@ -133,16 +183,7 @@ def run_case(
         solver = runner.solver(heads[0])
         report(f"running {P} prompt(s), {runner.name} method ({runner.label}), {m.layers} layer(s) "
                f"x {m.width} head(s), {len(depth)} snapshots -> {out}")
-        for k in range(1, len(depth)):
-            for p, st in enumerate(states):
-                label = f"prompt {p + 1}/{P}"
-                states[p] = runner.advance(solver, st, depth[k - 1], depth[k],
-                                           lambda s, n, lb=label: progress(lb, s, n))
-                runner.record(snaps, k, p, states[p])
-            snaps.done = k + 1
-            save()
-            for p, st in enumerate(states):
-                runner.check_mass(st, p, f"at depth s = {depth[k]:.4g}")
+        advance_snapshots(runner, solver, states, snaps, progress, after=save)
         if problem is not None:
             report("computing the risk and its gradient (forward and adjoint)...")
             t = time.perf_counter()

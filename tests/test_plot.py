@@ -86,3 +86,24 @@ def test_plot_out_dir_and_empty_record(tmp_path):
     write_result(tmp_path / "r.h5", rec, case_text="", dim=1, method="grid", heads={})
     files = plot_result(tmp_path / "r.h5", tmp_path / "figs")
     assert files and all(f.parent == tmp_path / "figs" and f.is_file() for f in files)
+
+
+def test_head_paths_scale_B_like_the_result_file(tmp_path):
+    """With scale_scores the student's B lines carry 1/sqrt(k), as /heads/B and /teacher/B do."""
+    import h5py
+
+    from gridpde.heads import Heads
+    from gridpde.io.plot import _head_paths
+
+    h = Heads.random(1, 2, 4, 1, 1.0, 0, scale_scores=True)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["train/checkpoint_step"] = np.array([0, 1])
+        for k, v in h.arrays().items():
+            f[f"train/heads/{k}"] = np.stack([v, v])
+        f["teacher/B"], f["teacher/V"] = h.B, h.V
+        fig = _head_paths(f["train"], True, f["teacher"])
+    ax_B = fig.axes[0]
+    student = sorted(line.get_ydata()[0] for line in ax_B.lines if line.get_linestyle() == "-")
+    teacher = sorted(line.get_ydata()[0] for line in ax_B.lines if line.get_linestyle() == "--")
+    np.testing.assert_allclose(student, np.sort(h.B[0].ravel()), rtol=1e-15)
+    np.testing.assert_allclose(student, teacher, rtol=1e-15)

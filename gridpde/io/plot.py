@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 from matplotlib.figure import Figure
 
+from gridpde.heads import score_matrices
 from gridpde.io.results import AXES, read_result
 
 _COLS = 5  # panels per row for one-panel-per-depth figures
@@ -43,7 +44,8 @@ def plot_result(path: str | Path, out_dir: str | Path | None = None) -> list[Pat
     with h5py.File(path, "r") as f:
         if "train" in f and len(f["train/step"]) > 0:
             figures["training"] = _training(f["train"])
-            figures["heads"] = _head_paths(f["train"], f["heads"]["B"].shape[-1], f.get("teacher"))
+            scaled = bool(f.attrs.get("scale_scores", False))
+            figures["heads"] = _head_paths(f["train"], scaled, f.get("teacher"))
         if "targets" in f:
             figures |= _versus_targets(f["targets"], snaps, done)
     written = []
@@ -168,7 +170,7 @@ def _training(t: h5py.Group) -> Figure:
     return fig
 
 
-def _head_paths(t: h5py.Group, d: int, teacher: h5py.Group | None = None) -> Figure:
+def _head_paths(t: h5py.Group, scale_scores: bool, teacher: h5py.Group | None = None) -> Figure:
     """Entries of B = K^T Q and V of every head against the checkpoint step, one row per layer.
 
     With ``teacher`` (/teacher), its entries are dashed grey lines: heads are exchangeable inside
@@ -176,8 +178,8 @@ def _head_paths(t: h5py.Group, d: int, teacher: h5py.Group | None = None) -> Fig
     """
     steps = t["checkpoint_step"][()]
     Q, K, V = (t["heads"][k][()] for k in "QKV")
-    B = np.swapaxes(K, -1, -2) @ Q
-    L, M = V.shape[1:3]
+    B = score_matrices(Q, K, scale_scores)  # as /heads/B and /teacher/B: with 1/sqrt(k) if scaled
+    L, M, d = V.shape[1], V.shape[2], V.shape[-1]
     fig, axes = _panels(2 * L, size=3.5, cols=2)
     for layer in range(L):
         for col, (name, arr) in enumerate((("B", B), ("V", V))):

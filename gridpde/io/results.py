@@ -26,6 +26,7 @@ import numpy as np
 
 import gridpde
 from gridpde.errors import CaseError
+from gridpde.heads import Heads
 from gridpde.io.snapshots import Snapshots
 
 AXES = ("x", "y", "z")
@@ -103,7 +104,7 @@ def write_result(
     case_text: str,
     dim: int,
     method: str,
-    heads: dict[str, np.ndarray],
+    heads: Heads | dict[str, np.ndarray],
     attrs: dict[str, Any] | None = None,
     extra: dict[str, tuple[Any, tuple[str, ...]]] | None = None,
 ) -> None:
@@ -121,6 +122,8 @@ def write_result(
         extra: more datasets, name -> (array, dimension names); a name may
             hold a group path ("grad/Q"), whose group gets its own dimensions.
     """
+    if isinstance(heads, Heads):
+        heads = {**heads.arrays(), "B": heads.B}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

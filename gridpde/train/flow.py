@@ -344,3 +344,24 @@ def _stop_reason(spec: TrainSpec, step: int, risk: float, gnorm: float, elapsed:
     if spec.time_limit and elapsed >= spec.time_limit:
         return f"time limit {spec.time_limit:g} s reached"
     return ""
+
+
+def train_heads(case, heads: Heads | None = None, *, method: str | None = None, problem: Problem | None = None,
+                on_step: Callable[[TrainState, TrainRecord], None] | None = None,
+                **settings) -> tuple[TrainState, TrainRecord]:
+    """Train ``heads`` (default: the case's) on the case's risk, without a result file.
+
+    ``settings`` override the case's [train] keys (steps, lr, scheme, ...);
+    a case without [train] uses the defaults of :class:`~gridpde.spec.TrainSpec`.
+
+    Returns:
+        (the final state: ``.heads``, ``.step``, ``.message``; the per-step record).
+    """
+    from dataclasses import replace
+
+    problem = problem or Problem(case, method)
+    heads = heads or case.heads
+    spec = replace(case.train or TrainSpec(), **settings)
+    record = TrainRecord()
+    state = train(problem, spec, TrainState(0, heads), heads, record, on_step=on_step)
+    return state, record
