@@ -4,7 +4,7 @@ A configuration of L layers with M heads each is stored as three arrays
 
     Q, K: (L, M, k, d)      V: (L, M, d, d)
 
-with k the head dimension and d the token dimension (MODEL.md section 1).
+with k the head dimension and d the token dimension (docs/model.md section 1).
 The score of head (l, j) is <Q x, K y> = (B x)·y with B = K^T Q (d x d).
 
 The kernels work in a padded 3-D layout: a d-dimensional point x is stored as
@@ -200,7 +200,7 @@ def score_matrices(Q: np.ndarray, K: np.ndarray, scale_scores: bool = False) -> 
         Q: (..., k, d) query matrices, e.g. (L, M, k, d).
         K: (..., k, d) key matrices, same shape as Q.
         scale_scores: divide B by sqrt(k) (the score <Qx, Ky>/sqrt(k));
-            MODEL.md's convention is no factor.
+            docs/model.md's convention is no factor.
 
     Returns:
         B: (..., d, d) with B[..., i, j] = sum_a K[..., a, i] Q[..., a, j].
@@ -256,7 +256,7 @@ def pad_points(x: np.ndarray) -> np.ndarray:
 
 
 def conditional_wasserstein(a: Heads, b: Heads) -> float:
-    """W_c between two head configurations of the same shape (MODEL.md section 5).
+    """W_c between two head configurations of the same shape (docs/model.md section 5).
 
     W_c^2 = (1/L) sum_l W_2^2(nu_l, nu'_l), nu_l = (1/M) sum_j delta_{theta_{l,j}},
     theta = (Q, K, V) flattened; each layer's W_2 between two uniform

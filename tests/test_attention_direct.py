@@ -8,6 +8,10 @@ from gridpde.attention.direct import attention_velocity, direct_velocity
 from gridpde.attention.fastexp import fast_exp
 from gridpde.attention.reference import reference_velocity
 
+#: every test here runs with the serial and with the parallel kernel builds
+pytestmark = pytest.mark.usefixtures("kernel_build")
+
+
 TINY = np.finfo(np.float64).tiny  # smallest normal float
 SUBNORMAL_ULP = 2.0**-1074
 

@@ -6,6 +6,10 @@ from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
 from gridpde.prompts import gaussian_cell_averages
 
+#: every test here runs with the serial and with the parallel kernel builds
+pytestmark = pytest.mark.usefixtures("kernel_build")
+
+
 
 def _problem(rng, shape, scale=1.0, M=3, T=150):
     ys = [np.linspace(-3, 3, n) if n > 1 else np.zeros(1) for n in shape]

@@ -10,6 +10,9 @@ from gridpde.attention.tensor_vjp import (
     tensor_velocity_vjp_numpy,
 )
 
+#: every test here runs with the serial and with the parallel kernel builds
+pytestmark = pytest.mark.usefixtures("kernel_build")
+
 SHAPES = [(1, 1, 30), (1, 12, 10), (5, 6, 7)]  # padded 1-D, 2-D and 3-D layouts
 
 

@@ -3,6 +3,10 @@ import pytest
 
 from gridpde.grid.transport import LIMITER_CODES, Transport, fv_rhs_numpy
 
+#: every test here runs with the serial and with the parallel kernel builds
+pytestmark = pytest.mark.usefixtures("kernel_build")
+
+
 
 def _faces(rng, shape):
     return [

@@ -4,6 +4,10 @@ import pytest
 from gridpde.grid.transport import LIMITER_CODES, Transport
 from gridpde.grid.transport_vjp import TransportVJP, transport_jvp_numpy, transport_vjp
 
+#: every test here runs with the serial and with the parallel kernel builds
+pytestmark = pytest.mark.usefixtures("kernel_build")
+
+
 SHAPES = [(30,), (20, 17), (7, 8, 9), (1,), (2,), (3, 1), (1, 2, 4)]
 
 

@@ -1,6 +1,6 @@
 """Direct O(T N M) attention sum, numba-parallel over targets.
 
-Padded layout (MODEL.md section 1, NUMERICS.md "The attention sum"): points
+Padded layout (docs/model.md section 1; the README's attention notes): points
 are 3-vectors with the physical coordinates last, B = K^T Q and V are 3x3.
 For target x, head j, z = B_j x:
 

@@ -1,6 +1,6 @@
 """Reverse mode (VJP) of the direct attention velocity, tokens as sources and targets.
 
-The map (padded layout, MODEL.md section 1; ``direct.direct_velocity`` with
+The map (padded layout, docs/model.md section 1; ``direct.direct_velocity`` with
 ``targets = sources = X``)
 
     out_i = (1/M) sum_j V_j E_ij,   E_ij = m_j(x_i) = sum_k P_ijk y_k,

@@ -1,6 +1,6 @@
 """Result files: a forward run's :class:`~gridpde.io.snapshots.Snapshots` in HDF5.
 
-Layout (CONTRACT.md, "Result files"): root attributes describe the run, the
+Layout (the README's "Result files"): root attributes describe the run, the
 root datasets hold the snapshot record, the group ``/heads`` holds Q, K, V, B.
 Every dataset carries its dimension names as HDF5 dimension scales, in the
 form netCDF-4 uses, so ``xarray.open_dataset(path, engine="h5netcdf")`` (and

@@ -1,4 +1,4 @@
-"""NTK injectivity diagnostics (MODEL.md section 6).
+"""NTK injectivity diagnostics (docs/model.md section 6).
 
 Prompts are weighted tokens mu^p = sum_i w_i delta_{x_i} (:class:`TokenMeasure`;
 a grid density enters as its cell centres with the cell masses, a prompt as
@@ -58,7 +58,7 @@ kernel.
   sampled at z_s i.i.d. N(0, z_scale^2 I_d) (``default_rng([seed, 1])``).
 
 Both project out ``modulo="affine"`` functions (span of 1 and the d^2
-entries of B, resp. 1 and z_1..z_d; MODEL.md's statement) or, as a variant,
+entries of B, resp. 1 and z_1..z_d; docs/model.md's statement) or, as a variant,
 only the constants (``modulo="constant"``). Link to the definition: if
 sum_i c_i f_{x_i}(B) = alpha + tr(C^T B) then, differentiating in B,
 sum_i c_i x_{i,e} m(B x_i) = C e for every e; with C = 0 (modulo constants)

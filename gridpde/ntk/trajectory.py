@@ -64,7 +64,7 @@ def table(diag: NTKDiagnostics) -> str:
     for name, s in named:
         full = min(s.n_cols, s.n_samples)
         rows.append(f"{name:<16} {s.rel_min:>14.3e} {s.rank:>5}/{full:<5} {s.tol:>10.2e}")
-    rows.append("tangent: the definitional map a -> G_a(theta_k) (MODEL.md 6); lse_a_pooled: reading (a),")
+    rows.append("tangent: the definitional map a -> G_a(theta_k) (docs/model.md 6); lse_a_pooled: reading (a),")
     rows.append("all prompts' B -> Lambda(Bx) modulo affine in B; lse_b: reading (b), z -> Lambda_p(z).")
     return "\n".join(rows)
 

@@ -1,6 +1,6 @@
 """Losses F(mu; tau) for grids and weighted tokens, with first variations.
 
-MODEL.md section 3. A measure is one of two frozen dataclasses:
+docs/model.md section 3. A measure is one of two frozen dataclasses:
 
 - :class:`GridMeasure` ``(grid, rho)``: cell averages rho (mass per volume)
   on a :class:`~gridpde.grid.mesh.Grid`. For every loss it is the discrete measure
@@ -39,7 +39,7 @@ token sums are blocked numpy sums with O(block * n) memory.
 Potential: F = ∫ U dmu with U(x) = 1/2 |x - c|^2, dF/dmu = U (tau unused).
 
 :func:`gaussian_kernel_mean` and :func:`gaussian_mmd` are the closed forms of
-MODEL.md section 7 used as references by tests and the validation suite.
+docs/model.md section 7 used as references by tests and the validation suite.
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def gaussian_kernel_mean(m1, S1, m2, S2, sigma: float) -> float:
     """E k(x, y) for independent x ~ N(m1, S1), y ~ N(m2, S2).
 
     = sigma^d det(A)^(-1/2) exp(-1/2 (m1 - m2)^T A^(-1) (m1 - m2)),
-    A = sigma^2 I + S1 + S2 (MODEL.md section 7). S1, S2 may be singular
+    A = sigma^2 I + S1 + S2 (docs/model.md section 7). S1, S2 may be singular
     (S = 0 is a Dirac).
     """
     m1, S1, m2, S2, sigma = _gaussian_args(m1, S1, m2, S2, sigma)

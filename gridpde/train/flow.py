@@ -1,7 +1,7 @@
 """Training: the conditional Wasserstein gradient flow of the heads.
 
 Heads never move between layers; inside a layer each head particle follows
-the gradient of the first variation of the risk (MODEL.md section 5):
+the gradient of the first variation of the risk (docs/model.md section 5):
 
     d theta_{l,j} / dt = - grad_theta G_l(theta_{l,j}),   grad_theta G_l = L M dR/dtheta_{l,j},
 

@@ -1,4 +1,4 @@
-"""The exact solution for Gaussian prompts (MODEL.md section 7).
+"""The exact solution for Gaussian prompts (docs/model.md section 7).
 
 For mu = N(m, S) every head's field is affine, Att[mu](x) = V (m + S B x), so
 the prompt stays Gaussian with

@@ -1,7 +1,7 @@
 """Gradients against the exact Gaussian solution, and grid against particles.
 
 The risk of a Gaussian prompt with a Gaussian target and the MMD loss is a
-closed-form function of the heads: the moment ODE (MODEL.md section 7)
+closed-form function of the heads: the moment ODE (docs/model.md section 7)
 gives N(m(1), S(1)), and the MMD between Gaussians has a closed form. Its
 gradient by central differences of that function (ODE at rtol 1e-12) is the
 reference; the grid and particle adjoint gradients must converge to it as

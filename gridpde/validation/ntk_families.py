@@ -3,7 +3,7 @@
 Families the paper says satisfy the condition (discrete tokens, uniform boxes,
 Gaussian mixtures) and ones where it must fail (a single Gaussian, a Dirac,
 prompts built to be dependent), each measured by the definitional tangent map
-and by both readings of the log-sum-exp condition (MODEL.md section 6).
+and by both readings of the log-sum-exp condition (docs/model.md section 6).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from gridpde.ntk.diagnostics import (
 Diagnostic = Literal["tangent", "lse_a", "lse_a_pooled", "lse_a_const", "lse_b"]
 DIAGNOSTICS: tuple[str, ...] = ("tangent", "lse_a", "lse_a_pooled", "lse_a_const", "lse_b")
 
-#: family -> what MODEL.md / the paper says about the condition on it
+#: family -> what docs/model.md / the paper says about the condition on it
 FAMILIES: dict[str, str] = {
     "tokens": "holds",  # discrete tokens in general position
     "uniform": "holds",  # an off-centre box

@@ -157,7 +157,7 @@ def gradient_grid_particles(dim, levels, order) -> Callable[[], Iterator[Check]]
     return study
 
 
-#: what the definitional tangent map must give on each family (MODEL.md 6): V is
+#: what the definitional tangent map must give on each family (docs/model.md 6): V is
 #: free, so injectivity is linear independence of the fields B -> m_mu(Bx)
 #: over the tokens of all prompts. A Gaussian's m is affine in B x (fails); a
 #: prompt symmetric about 0 has m(-z) = -m(z), so even fields are in the kernel
