@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from gridpde.errors import CaseError, MassLost, NumericalError, RunError
-from gridpde.grid.forward import GridForward
-from gridpde.grid.mesh import Grid
 from gridpde.heads import Heads
 from gridpde.io.checkpoint import load_checkpoint, train_datasets
 from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
@@ -25,7 +23,6 @@ from gridpde.io.results import write_result
 from gridpde.io.snapshots import Snapshots
 from gridpde.method import Method, make_method
 from gridpde.objective.problem import Problem
-from gridpde.particles.solver import ParticleForward
 from gridpde.spec import Case
 from gridpde.train.flow import TrainRecord, TrainState, grad_norm, train
 
@@ -58,18 +55,11 @@ class Progress:
         return time.perf_counter() - self.start
 
 
-def warm_up(report: Report, method: str) -> None:
+def warm_up(report: Report, runner: Method) -> None:
     """Compile (or load from numba's cache) the method's kernels, saying so."""
     t = time.perf_counter()
     report("compiling kernels (first use only; cached afterwards)...")
-    zero = np.zeros((1, 1, 2, 2))
-    # sizes above _numba.SERIAL_BELOW, so the parallel builds a run uses are the ones compiled
-    if method == "grid":
-        grid = Grid((-1.0, -1.0), (1.0, 1.0), (48, 48))
-        GridForward(grid, zero, zero).rhs(np.ones(grid.shape), 0)
-    else:
-        n = 800
-        ParticleForward(zero, zero).velocity(np.zeros((n, 2)), np.full(n, 1.0 / n), 0)
+    runner.warm_up()
     report(f"kernels ready ({time.perf_counter() - t:.1f} s)")
 
 
@@ -148,7 +138,7 @@ def run_case(
     training = case.train is not None and case.train.steps > 0
     if resume and not training:
         raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")
-    warm_up(report, runner.name)
+    warm_up(report, runner)
     states = runner.initial_states(case.prompts)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
     depth = snaps.depth

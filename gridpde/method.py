@@ -106,6 +106,10 @@ class Method(ABC):
     def backward(self, solver, tape, state, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(dR/dB, dR/dV, steps recomputed) from the cotangent ``lam`` of the output state."""
 
+    @abstractmethod
+    def warm_up(self) -> None:
+        """Compile the kernels a run uses (their parallel builds: sizes above SERIAL_BELOW)."""
+
     # ------------------------------------------------------------ snapshots
     @abstractmethod
     def snapshots(self, depth: np.ndarray, states: list) -> Snapshots:

@@ -3,76 +3,28 @@
 import numpy as np
 import pytest
 
+from gridpde.builders import case_document, dump_case, gaussian, mixture
 from gridpde.casefile import parse_case
 from gridpde.heads import Heads
 from gridpde.objective.gradcheck import gradient_checks
 from gridpde.objective.problem import Problem
 
-CASE_1D = """
-dim = 1
-[grid]
-lower = [-6.0]
-upper = [6.0]
-cells = [48]
-[model]
-layers = 2
-heads = 2
-head_dim = 1
-init = {{ scale = 0.7, seed = 1 }}
-[[prompts]]
-kind = "gaussian"
-mean = [0.3]
-cov = [[0.6]]
-[[prompts]]
-kind = "mixture"
-weights = [0.5, 0.5]
-means = [[-1.0], [1.2]]
-covs = [[[0.3]], [[0.4]]]
-[loss]
-kind = "mmd"
-sigma = 0.8
-[loss.teacher]
-init = {{ scale = 0.7, seed = 2 }}
-[solver]
-method = "{method}"
-scheme = "{scheme}"
-time = "{time}"
-integrator = "{integrator}"
-tokens = 60
-"""
-
-CASE_2D = """
-dim = 2
-[grid]
-lower = [-6.0, -6.0]
-upper = [6.0, 6.0]
-cells = [20, 20]
-[model]
-layers = 2
-heads = 2
-head_dim = 2
-init = {{ scale = 0.6, seed = 3 }}
-[[prompts]]
-kind = "mixture"
-weights = [0.5, 0.5]
-means = [[-1.0, 0.2], [1.0, -0.3]]
-covs = [[[0.4, 0.1], [0.1, 0.3]], [[0.3, 0.0], [0.0, 0.5]]]
-target = {{ kind = "gaussian", mean = [0.5, 0.5], cov = [[0.6, 0.0], [0.0, 0.4]] }}
-[loss]
-kind = "mmd"
-sigma = 1.0
-[solver]
-method = "{method}"
-scheme = "{scheme}"
-time = "{time}"
-integrator = "{integrator}"
-tokens = 100
-mass_tol = 0.05
-"""
+CASE_1D = case_document(init=(0.7, 1), loss={"kind": "mmd", "sigma": 0.8}, teacher=(0.7, 2),
+                        solver={"tokens": 60})
+CASE_2D = case_document(
+    2, cells=20, init=(0.6, 3), loss={"kind": "mmd", "sigma": 1.0}, solver={"tokens": 100, "mass_tol": 0.05},
+    prompts=[mixture([0.5, 0.5], [[-1.0, 0.2], [1.0, -0.3]], [[[0.4, 0.1], [0.1, 0.3]], [[0.3, 0.0], [0.0, 0.5]]],
+                     target=gaussian([0.5, 0.5], [[0.6, 0.0], [0.0, 0.4]]))])
 
 
-def _problem(text, method="grid", scheme="upwind", time="ssprk3", integrator="rk4"):
-    case = parse_case(text.format(method=method, scheme=scheme, time=time, integrator=integrator))
+def _case(doc, method="grid", scheme="upwind", time="ssprk3", integrator="rk4", **solver):
+    doc = {**doc, "solver": {**doc["solver"], "method": method, "scheme": scheme, "time": time,
+                             "integrator": integrator, **solver}}
+    return parse_case(dump_case(doc))
+
+
+def _problem(doc, method="grid", scheme="upwind", time="ssprk3", integrator="rk4"):
+    case = _case(doc, method, scheme, time, integrator)
     return Problem(case), case.heads
 
 
@@ -148,8 +100,7 @@ def test_adjoint_recompute_path_gives_the_same_gradient(scheme):
     state: the gradient is the one that kept everything, bit for bit."""
     problem, heads = _problem(CASE_1D, "grid", scheme)
     full = problem.risk_and_grad(heads)
-    text = CASE_1D.format(method="grid", scheme=scheme, time="ssprk3", integrator="rk4")
-    tiny = Problem(parse_case(text.replace("[solver]\n", "[solver]\nadjoint_memory_mb = 1e-6\n")))
+    tiny = Problem(_case(CASE_1D, "grid", scheme, adjoint_memory_mb=1e-6))
     low = tiny.risk_and_grad(heads)
     assert full.recomputed == 0 and low.recomputed == low.steps > 0
     np.testing.assert_array_equal(low.grad.flat(), full.grad.flat())

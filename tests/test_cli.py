@@ -7,36 +7,20 @@ import h5py
 import numpy as np
 import pytest
 
+from gridpde.builders import case_document, dump_case, gaussian, uniform
 from gridpde.casefile import load_case
 from gridpde.cli import main
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 
-SMALL = """
-dim = 1
-[grid]
-lower = [-6.0]
-upper = [6.0]
-cells = [64]
-[model]
-layers = 2
-heads = 2
-head_dim = 1
-init = {{ scale = 0.7, seed = 3 }}
-[[prompts]]
-kind = "gaussian"
-mean = [0.2]
-cov = [[0.5]]
-[[prompts]]
-kind = "uniform"
-lower = [-1.0]
-upper = [1.5]
-[solver]
-mass_tol = {tol}
-[output]
-path = "{path}"
-snapshots = 3
-"""
+SMALL = case_document(cells=64, init=(0.7, 3), prompts=[gaussian([0.2], [[0.5]]), uniform([-1.0], [1.5])],
+                      solver={}, output={"snapshots": 3})
+
+
+def _small(path, tol: float = 1e-6, **edits) -> str:
+    """SMALL's case-file text writing to ``path``, with solver.mass_tol = tol and tables replaced."""
+    return dump_case({**SMALL, "solver": {"mass_tol": tol}, "output": {**SMALL["output"], "path": str(path)},
+                      **edits})
 
 
 def _write(tmp_path, text, name="case.toml"):
@@ -47,7 +31,7 @@ def _write(tmp_path, text, name="case.toml"):
 
 def test_small_run_writes_result_info_and_plot(tmp_path, capsys):
     out = tmp_path / "r.h5"
-    case = _write(tmp_path, SMALL.format(tol=1e-6, path=out.as_posix()))
+    case = _write(tmp_path, _small(out.as_posix()))
     assert main(["run", str(case)]) == 0
     with h5py.File(out) as f:
         assert f.attrs["status"] == "finished"
@@ -63,8 +47,7 @@ def test_small_run_writes_result_info_and_plot(tmp_path, capsys):
 
 def test_mass_leaving_beyond_tolerance_exits_1_and_keeps_the_file(tmp_path, capsys):
     out = tmp_path / "lost.h5"
-    text = SMALL.format(tol=1e-6, path=out.as_posix()).replace("lower = [-6.0]\nupper = [6.0]",
-                                                               "lower = [-1.5]\nupper = [1.5]")
+    text = _small(out.as_posix(), grid={"lower": [-1.5], "upper": [1.5], "cells": [64]})
     case = _write(tmp_path, text)
     assert main(["run", str(case), "--no-plot"]) == 1
     err = capsys.readouterr().err
@@ -84,7 +67,7 @@ def test_mass_leaving_beyond_tolerance_exits_1_and_keeps_the_file(tmp_path, caps
     ],
 )
 def test_bad_case_exits_2_with_one_line(tmp_path, capsys, edit, key):
-    case = _write(tmp_path, SMALL.format(tol=1e-6, path=(tmp_path / "x.h5").as_posix()).replace(*edit))
+    case = _write(tmp_path, _small((tmp_path / "x.h5").as_posix()).replace(*edit))
     assert main(["run", str(case)]) == 2
     err = capsys.readouterr().err.strip()
     assert key in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -123,7 +106,7 @@ def test_example_cases_run(tmp_path, case):
 def test_nonfinite_risk_is_a_failed_run_naming_the_prompt(tmp_path, capsys):
     """A loss case without training whose risk is NaN exits 1 with status nan, never "finished"."""
     out = tmp_path / "r.h5"
-    text = SMALL.format(tol=1e-6, path=out.as_posix()) + (
+    text = _small(out.as_posix()) + (
         '[loss]\nkind = "mmd"\nsigma = 1e-300\n[loss.teacher]\ninit = { scale = 0.5, seed = 2 }\n')
     case = _write(tmp_path, text)
     with np.errstate(all="ignore"):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import gridpde.train.flow as train_module
-from gridpde.casefile import TrainSpec, parse_case
+from gridpde.builders import case_document, dump_case, mixture
+from gridpde.casefile import parse_case
+from gridpde.spec import TrainSpec
 from gridpde.cli import main
 from gridpde.heads import Heads, conditional_wasserstein
 from gridpde.objective.problem import Problem, RiskResult
@@ -17,34 +19,14 @@ from gridpde.train.flow import TrainRecord, TrainState, train
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 
-CASE = """
-dim = 1
-[model]
-layers = 2
-heads = 2
-head_dim = 1
-init = {{ scale = 0.7, seed = 5 }}
-[[prompts]]
-kind = "mixture"
-weights = [0.5, 0.5]
-means = [[-1.0], [1.0]]
-covs = [[[0.2]], [[0.3]]]
-[loss]
-kind = "mmd"
-sigma = 1.0
-[loss.teacher]
-init = {{ scale = 0.7, seed = 6 }}
-[solver]
-method = "particles"
-tokens = 40
-[train]
-steps = {steps}
-lr = 0.5
-checkpoint_every = 2
-[output]
-path = "{path}"
-snapshots = 2
-"""
+CASE = case_document(cells=None, init=(0.7, 5), prompts=[mixture([0.5, 0.5], [[-1.0], [1.0]], [[[0.2]], [[0.3]]])],
+                     teacher=(0.7, 6), solver={"method": "particles", "tokens": 40},
+                     train={"steps": 0, "lr": 0.5, "checkpoint_every": 2}, output={"snapshots": 2})
+
+
+def _text(doc: dict, steps: int, path) -> str:
+    """The case-file text of ``doc`` with [train] steps and [output] path set."""
+    return dump_case({**doc, "train": {**doc["train"], "steps": steps}, "output": {**doc["output"], "path": str(path)}})
 
 
 def _implicit(text: str, **train) -> str:
@@ -62,7 +44,7 @@ def test_conditional_wasserstein_is_an_assignment_per_layer(rng):
 
 
 def test_risk_decreases_monotonically_with_backtracking(tmp_path):
-    case = parse_case(CASE.format(steps=8, path=tmp_path / "x.h5"))
+    case = parse_case(_text(CASE, 8, tmp_path / "x.h5"))
     problem = Problem(case)
     heads = case.heads
     rec = TrainRecord()
@@ -72,43 +54,9 @@ def test_risk_decreases_monotonically_with_backtracking(tmp_path):
     assert rec.w_c[0] == 0.0 and rec.w_c[-1] > 0.0
 
 
-GRID_CASE = """
-dim = 1
-[grid]
-lower = [-12.0]
-upper = [12.0]
-cells = [96]
-[model]
-layers = 2
-heads = 2
-head_dim = 1
-init = {{ scale = 0.7, seed = 1 }}
-[[prompts]]
-kind = "gaussian"
-mean = [0.3]
-cov = [[0.6]]
-[[prompts]]
-kind = "mixture"
-weights = [0.5, 0.5]
-means = [[-1.0], [1.2]]
-covs = [[[0.3]], [[0.4]]]
-[loss]
-kind = "mmd"
-sigma = 0.8
-[loss.teacher]
-init = {{ scale = 0.7, seed = 2 }}
-[solver]
-scheme = "upwind"
-time = "euler"
-mass_tol = 1e-2
-[train]
-steps = {steps}
-lr = 40.0
-checkpoint_every = 2
-[output]
-path = "{path}"
-snapshots = 2
-"""
+GRID_CASE = case_document(box=12.0, cells=96, init=(0.7, 1), loss={"kind": "mmd", "sigma": 0.8}, teacher=(0.7, 2),
+                          solver={"scheme": "upwind", "time": "euler", "mass_tol": 1e-2},
+                          train={"steps": 0, "lr": 40.0, "checkpoint_every": 2}, output={"snapshots": 2})
 
 
 @pytest.mark.parametrize("variant", ["explicit", "implicit", "grid-refining"])
@@ -116,7 +64,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
     """The grid case's first trial steps (lr 40) need twice the depth steps: the schedule the
     resumed run follows comes from the checkpoint."""
     full = tmp_path / "full.h5"
-    text = (GRID_CASE if variant == "grid-refining" else CASE).format(steps=7, path=full.as_posix())
+    text = _text(GRID_CASE if variant == "grid-refining" else CASE, 7, full.as_posix())
     if variant == "implicit":
         text = _implicit(text, inner_steps=5)
     case_file = tmp_path / "case.toml"
@@ -156,7 +104,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run_bit_for_bit(tmp_path, 
 def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, monkeypatch, capsys, scheme):
     out = tmp_path / "nan.h5"
     case_file = tmp_path / "case.toml"
-    text = CASE.format(steps=6, path=out.as_posix())
+    text = _text(CASE, 6, out.as_posix())
     # evaluations per step: explicit 1 trial; implicit (1 inner step) a curvature probe and 1 trial
     case_file.write_text(_implicit(text, inner_steps=1) if scheme == "implicit" else text)
     first_bad = 4 if scheme == "explicit" else 6  # the first evaluation of step 3
@@ -181,7 +129,7 @@ def test_nan_stops_with_exit_1_naming_the_step_and_keeps_last_state(tmp_path, mo
 
 def test_implicit_step_solves_the_implicit_euler_equation(tmp_path):
     """theta' = theta - lr L M grad R(theta'), to the inner tolerance, and R(theta') <= R(theta) - |d|^2 / (2 lr L M)."""
-    case = parse_case(_implicit(CASE.format(steps=1, path=tmp_path / "x.h5"), inner_tol=1e-9, inner_steps=200))
+    case = parse_case(_implicit(_text(CASE, 1, tmp_path / "x.h5"), inner_tol=1e-9, inner_steps=200))
     problem = Problem(case)
     heads = case.heads
     state = train(problem, case.train, TrainState(0, heads), heads, TrainRecord())
@@ -199,7 +147,7 @@ def test_implicit_and_explicit_euler_converge_to_the_same_flow_at_order_one(tmp_
     for lr in (0.5, 0.25, 0.125):
         ends = []
         for scheme in ("explicit", "implicit"):
-            text = CASE.format(steps=int(round(2 / lr)), path=tmp_path / "x.h5").replace("lr = 0.5", f"lr = {lr}")
+            text = _text(CASE, int(round(2 / lr)), tmp_path / "x.h5").replace("lr = 0.5", f"lr = {lr}")
             if scheme == "implicit":
                 text = _implicit(text, inner_tol=1e-8)
             case = parse_case(text.replace("[train]\n", "[train]\nbacktrack = false\n"))
@@ -215,7 +163,7 @@ def test_implicit_and_explicit_euler_converge_to_the_same_flow_at_order_one(tmp_
 def test_implicit_steps_cross_the_slow_modes_explicit_steps_cannot(tmp_path):
     """Teacher-student from a nearby student: 3 implicit steps with lr = 1e6 take the risk below 1e-6 of its
     start, monotonically; 30 explicit steps (at their largest stable lr) do not reach 1e-3."""
-    case = parse_case(CASE.format(steps=3, path=tmp_path / "x.h5"))
+    case = parse_case(_text(CASE, 3, tmp_path / "x.h5"))
     problem = Problem(case)
     # the student: the teacher's heads plus 0.05 noise
     rng = np.random.default_rng(0)
@@ -274,7 +222,7 @@ def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
 def test_implicit_steps_report_their_inner_iterates(tmp_path):
     """on_inner sees every accepted inner iterate: the step's number, its evaluations so far, its risk
     (the objective falls, not necessarily the risk; the last iterate is the step's result)."""
-    case = parse_case(_implicit(CASE.format(steps=2, path=tmp_path / "x.h5"), inner_steps=6))
+    case = parse_case(_implicit(_text(CASE, 2, tmp_path / "x.h5"), inner_steps=6))
     problem = Problem(case)
     heads = case.heads
     seen: list[tuple[int, int, float]] = []
@@ -292,7 +240,7 @@ def test_implicit_steps_report_their_inner_iterates(tmp_path):
 def test_time_limit_cuts_an_implicit_step_short_after_an_accepted_iterate(tmp_path, monkeypatch):
     """Past the time limit the inner solve keeps its last accepted iterate (a decrease all the same) and stops.
     A clock that ticks 1 s per reading: the limit of 3.5 s falls inside the first step."""
-    case = parse_case(_implicit(CASE.format(steps=5, path=tmp_path / "x.h5"), inner_steps=50))
+    case = parse_case(_implicit(_text(CASE, 5, tmp_path / "x.h5"), inner_steps=50))
     problem = Problem(case)
     heads = case.heads
     inner = {}
@@ -337,7 +285,7 @@ def test_run_prints_every_long_step_and_progress_inside_it(tmp_path, monkeypatch
     """A clock that ticks 0.5 s per reading makes every step long: each gets its line, though a line from
     inside the step came just before it."""
     case_file = tmp_path / "case.toml"
-    case_file.write_text(_implicit(CASE.format(steps=3, path=(tmp_path / "x.h5").as_posix()), inner_steps=12))
+    case_file.write_text(_implicit(_text(CASE, 3, (tmp_path / "x.h5").as_posix()), inner_steps=12))
     clock = itertools.count()
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: 0.5 * next(clock))
     assert main(["run", str(case_file), "--no-plot"]) == 0

@@ -22,6 +22,7 @@ it, delete ``gridpde/attention/__pycache__``.
 import numpy as np
 from numba import prange
 
+from gridpde.attention.small import matvec3
 from gridpde._numba import inline, kernel
 from gridpde.attention.fastexp import fast_exp
 
@@ -120,9 +121,10 @@ def _add_head(V, j, mx, s0, a0, a1, a2, v0, v1, v2):
     m0 = a0 / s0
     m1 = a1 / s0
     m2 = a2 / s0
-    v0 += V[j, 0, 0] * m0 + V[j, 0, 1] * m1 + V[j, 0, 2] * m2
-    v1 += V[j, 1, 0] * m0 + V[j, 1, 1] * m1 + V[j, 1, 2] * m2
-    v2 += V[j, 2, 0] * m0 + V[j, 2, 1] * m1 + V[j, 2, 2] * m2
+    mv0, mv1, mv2 = matvec3(V, j, m0, m1, m2)
+    v0 += mv0
+    v1 += mv1
+    v2 += mv2
     return mx + np.log(s0), v0, v1, v2
 
 
@@ -190,12 +192,8 @@ def direct_velocity(targets, sources, weights, B, V, out, lse):
         vb1 = 0.0
         vb2 = 0.0
         for j in range(M):
-            za0 = B[j, 0, 0] * xa0 + B[j, 0, 1] * xa1 + B[j, 0, 2] * xa2
-            za1 = B[j, 1, 0] * xa0 + B[j, 1, 1] * xa1 + B[j, 1, 2] * xa2
-            za2 = B[j, 2, 0] * xa0 + B[j, 2, 1] * xa1 + B[j, 2, 2] * xa2
-            zb0 = B[j, 0, 0] * xb0 + B[j, 0, 1] * xb1 + B[j, 0, 2] * xb2
-            zb1 = B[j, 1, 0] * xb0 + B[j, 1, 1] * xb1 + B[j, 1, 2] * xb2
-            zb2 = B[j, 2, 0] * xb0 + B[j, 2, 1] * xb1 + B[j, 2, 2] * xb2
+            za0, za1, za2 = matvec3(B, j, xa0, xa1, xa2)
+            zb0, zb1, zb2 = matvec3(B, j, xb0, xb1, xb2)
             if c0 == 0:
                 ma, s0a, a0, a1, a2, mb, s0b, b0, b1, b2 = _pair_3d(
                     za0, za1, za2, zb0, zb1, zb2, y0, y1, y2, ws, n

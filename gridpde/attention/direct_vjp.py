@@ -40,6 +40,7 @@ twins below form n x n matrices (tests only, small n).
 import numpy as np
 from numba import prange
 
+from gridpde.attention.small import matvec3, rmatvec3
 from gridpde._numba import inline, kernel
 from gridpde.attention.fastexp import fast_exp
 
@@ -149,13 +150,9 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
         g1 = 0.0
         g2 = 0.0
         for j in range(M):
-            z0 = B[j, 0, 0] * x0 + B[j, 0, 1] * x1 + B[j, 0, 2] * x2
-            z1 = B[j, 1, 0] * x0 + B[j, 1, 1] * x1 + B[j, 1, 2] * x2
-            z2 = B[j, 2, 0] * x0 + B[j, 2, 1] * x1 + B[j, 2, 2] * x2
+            z0, z1, z2 = matvec3(B, j, x0, x1, x2)
             # c = V_j^T ubar_i / M
-            c0 = (V[j, 0, 0] * ubar[i, 0] + V[j, 1, 0] * ubar[i, 1] + V[j, 2, 0] * ubar[i, 2]) / M
-            c1 = (V[j, 0, 1] * ubar[i, 0] + V[j, 1, 1] * ubar[i, 1] + V[j, 2, 1] * ubar[i, 2]) / M
-            c2 = (V[j, 0, 2] * ubar[i, 0] + V[j, 1, 2] * ubar[i, 1] + V[j, 2, 2] * ubar[i, 2]) / M
+            c0, c1, c2 = rmatvec3(V, j, ubar[i, 0] / M, ubar[i, 1] / M, ubar[i, 2] / M)
             # inactive score coordinates multiply zeros: drop them
             zs0 = z0 if D == 3 else 0.0
             zs1 = z1 if D >= 2 else 0.0
@@ -196,9 +193,10 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
             A[j, 2, i] = c2 - z2 * ec
             L[j, i] = mx + np.log(s0)
             # x_bar_i += B_j^T zbar
-            g0 += B[j, 0, 0] * zb0 + B[j, 1, 0] * zb1 + B[j, 2, 0] * zb2
-            g1 += B[j, 0, 1] * zb0 + B[j, 1, 1] * zb1 + B[j, 2, 1] * zb2
-            g2 += B[j, 0, 2] * zb0 + B[j, 1, 2] * zb1 + B[j, 2, 2] * zb2
+            h0, h1, h2 = rmatvec3(B, j, zb0, zb1, zb2)
+            g0 += h0
+            g1 += h1
+            g2 += h2
         xbar[i, 0] = g0
         xbar[i, 1] = g1
         xbar[i, 2] = g2

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from gridpde.attention.small import matvec3
 from gridpde._numba import inline, kernel
 
 UNDERFLOW = 1e-200
@@ -167,9 +168,7 @@ def tensor_velocity(targets, w, y0, y1, y2, B, V, h, out, lse):
             v1 = 0.0
             v2 = 0.0
             for j in range(M):
-                z0 = B[j, 0, 0] * x0 + B[j, 0, 1] * x1 + B[j, 0, 2] * x2
-                z1 = B[j, 1, 0] * x0 + B[j, 1, 1] * x1 + B[j, 1, 2] * x2
-                z2 = B[j, 2, 0] * x0 + B[j, 2, 1] * x1 + B[j, 2, 2] * x2
+                z0, z1, z2 = matvec3(B, j, x0, x1, x2)
                 shift = _factor(z0, y0, e0, e0y) + _factor(z1, y1, e1, e1y)
                 shift += _factor(z2, y2, e2, e2y)
                 s0 = 0.0
@@ -207,9 +206,10 @@ def tensor_velocity(targets, w, y0, y1, y2, B, V, h, out, lse):
                     m[1] -= 0.5 * h[1] * langevin(0.5 * h[1] * z1)
                 if h[2] > 0.0:
                     m[2] -= 0.5 * h[2] * langevin(0.5 * h[2] * z2)
-                v0 += V[j, 0, 0] * m[0] + V[j, 0, 1] * m[1] + V[j, 0, 2] * m[2]
-                v1 += V[j, 1, 0] * m[0] + V[j, 1, 1] * m[1] + V[j, 1, 2] * m[2]
-                v2 += V[j, 2, 0] * m[0] + V[j, 2, 1] * m[1] + V[j, 2, 2] * m[2]
+                mv0, mv1, mv2 = matvec3(V, j, m[0], m[1], m[2])
+                v0 += mv0
+                v1 += mv1
+                v2 += mv2
             out[t, 0] = v0 / M
             out[t, 1] = v1 / M
             out[t, 2] = v2 / M

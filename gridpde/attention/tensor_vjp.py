@@ -55,6 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from gridpde.attention.small import matvec3, rmatvec3
 from gridpde._numba import inline, kernel
 from gridpde.attention.tensor import CHUNK, UNDERFLOW, exp_row, langevin
 
@@ -330,13 +331,9 @@ def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
                 x1 = targets[t, 1]
                 x2 = targets[t, 2]
                 for j in range(M):
-                    z0 = B[j, 0, 0] * x0 + B[j, 0, 1] * x1 + B[j, 0, 2] * x2
-                    z1 = B[j, 1, 0] * x0 + B[j, 1, 1] * x1 + B[j, 1, 2] * x2
-                    z2 = B[j, 2, 0] * x0 + B[j, 2, 1] * x1 + B[j, 2, 2] * x2
+                    z0, z1, z2 = matvec3(B, j, x0, x1, x2)
                     # c = V_j^T ubar / M
-                    c0 = (V[j, 0, 0] * u0 + V[j, 1, 0] * u1 + V[j, 2, 0] * u2) / M
-                    c1 = (V[j, 0, 1] * u0 + V[j, 1, 1] * u1 + V[j, 2, 1] * u2) / M
-                    c2 = (V[j, 0, 2] * u0 + V[j, 1, 2] * u1 + V[j, 2, 2] * u2) / M
+                    c0, c1, c2 = rmatvec3(V, j, u0 / M, u1 / M, u2 / M)
                     e2 = pe2[npend]
                     e2y = pe2y[npend]
                     o0 = _factor2(z0, y0, e0, e0y, e0yy)

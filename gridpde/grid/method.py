@@ -122,6 +122,11 @@ class GridMethod(Method):
         _, B_bar, V_bar = backward(solver, tape, lam)
         return B_bar, V_bar, tape.recomputed
 
+    def warm_up(self) -> None:
+        zero = np.zeros((1, 1, 2, 2))
+        grid = Grid((-1.0, -1.0), (1.0, 1.0), (48, 48))
+        GridForward(grid, zero, zero).rhs(np.ones(grid.shape), 0)
+
     # ------------------------------------------------------------ snapshots
     def snapshots(self, depth, states) -> Snapshots:
         g = self.grid

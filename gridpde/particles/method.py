@@ -81,6 +81,10 @@ class ParticleMethod(Method):
         _, B_bar, V_bar = solver.backward(tape, state.w, lam)
         return B_bar, V_bar, 0
 
+    def warm_up(self) -> None:
+        n = 800
+        ParticleForward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2))).velocity(np.zeros((n, 2)), np.full(n, 1.0 / n), 0)
+
     def snapshots(self, depth, states) -> Snapshots:
         depth = np.array([self._index(s) / self.steps_per_depth for s in depth])
         tokens = max(st.X.shape[0] for st in states)
