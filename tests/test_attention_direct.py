@@ -242,3 +242,22 @@ def test_fast_exp_extremes():
     tiny = fast_exp_np(np.array([-744.5, -720.0]))
     assert 0.0 < tiny[0] <= 2 * SUBNORMAL_ULP
     assert abs(tiny[1] - np.exp(-720.0)) <= SUBNORMAL_ULP
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("token_scale", [1e6, 1e11, 1e15])
+def test_huge_scores_match_the_shifted_softmax(d, token_scale):
+    """Tokens at up to 1e15 give scores up to ~1e30 (a self-attention script's tokens grew to 1e11,
+    scores 1e23, and the kernel divided by zero): the kernel still gives the shifted softmax."""
+    rng = np.random.default_rng(int(np.log10(token_scale)) + 7 * d)
+    n, M = 40, 2
+    X = padded(rng, n, d, scale=token_scale)
+    w = np.full(n, 1.0 / n)
+    B = padded_mats(rng, M, d)
+    V = padded_mats(rng, M, d)
+    out, lse = attention_velocity(X, X, w, B, V)
+    assert np.abs(lse).max() > 1e-3 * token_scale**2  # the scores are as huge as intended
+    ref_out, ref_lse = reference_velocity(X, X, w, B, V)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(lse))
+    np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12 * np.abs(ref_out).max())
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-12)

@@ -176,3 +176,35 @@ def test_jvp_twin_matches_finite_differences(d):
     fd = (up - down) / (2 * h)
     jv = direct_velocity_jvp_numpy(X, w, B, V, dX, dB, dV)
     np.testing.assert_allclose(jv, fd, rtol=0, atol=1e-7 * np.abs(jv).max())
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("token_scale", [1e2, 1e4, 1e11, 1e15])
+def test_vjp_at_huge_scores(d, token_scale):
+    """Scores up to ~1e30. Moderate ones: the VJP equals its shifted-softmax numpy twin. Huge ones
+    (tokens at 1e11, 1e15): the softmax is one-hot, so X_bar_k = (1/M) sum_j sum_{i -> k} V_j^T ubar_i,
+    B_bar = 0 (no tilted covariance), and V_bar as the twin; the numpy twin's X_bar is lost to
+    cancellation there (it forms z (E . c) ~ 1e22), the kernel's works relative to the argmax."""
+    rng = np.random.default_rng(int(np.log10(token_scale)) + 11 * d)
+    n, M = 30, 2
+    X = padded(rng, n, d, scale=token_scale)
+    w = np.full(n, 1.0 / n)
+    B = np.zeros((M, 3, 3))
+    V = np.zeros((M, 3, 3))
+    B[:, 3 - d:, 3 - d:] = rng.normal(size=(M, d, d))
+    V[:, 3 - d:, 3 - d:] = rng.normal(size=(M, d, d))
+    ubar = padded(rng, n, d)
+    X_bar, B_bar, V_bar = direct_velocity_vjp(X, w, B, V, ubar)
+    assert all(np.all(np.isfinite(g)) for g in (X_bar, B_bar, V_bar))
+    ref = direct_velocity_vjp_numpy(X, w, B, V, ubar)
+    np.testing.assert_allclose(V_bar, ref[2], rtol=1e-12, atol=1e-12 * np.abs(ref[2]).max())
+    if token_scale < 1e5:
+        for g, r in zip((X_bar, B_bar), ref[:2]):
+            np.testing.assert_allclose(g, r, rtol=0, atol=1e-9 * np.abs(r).max())
+        return
+    scores = np.einsum("jab,ib,ka->jik", B, X, X)  # (B_j x_i) . x_k
+    onehot = np.zeros(X.shape)
+    for j in range(M):
+        np.add.at(onehot, scores[j].argmax(axis=1), ubar @ V[j] / M)
+    np.testing.assert_allclose(X_bar, onehot, rtol=1e-12, atol=1e-12 * np.abs(onehot).max())
+    assert np.abs(B_bar).max() <= 1e-12 * np.abs(V_bar).max()

@@ -30,42 +30,69 @@ __all__ = ["direct_velocity", "attention_velocity"]
 
 # Each _pair_* helper does both passes for two targets a, b at once (one
 # sweep over the sources serves both: half the memory traffic, twice the
-# independent work per loop iteration). Returns, per target, the max score
-# and the sums  sum_k e_k,  sum_k e_k y_k  (e_k = w_k exp(s_k - max)).
+# independent work per loop iteration). Pass 1 finds, per target, a source
+# k* of (nearly) the largest score; the scores are then taken relative to it
+# from coordinate differences, d_k = z.(y_k - y_k*), so no difference of two
+# huge scores is ever formed (with scores of 1e23, s_k - max s rounded to
+# +-1e7 made every term underflow, or overflow). Pass 2 finds dmax = max d_k
+# (>= 0, tiny unless near-ties were misranked by pass 1's rounding), pass 3
+# sums e_k = w_k exp(d_k - dmax). Returns, per target, the max score
+# s_k* + dmax and the sums  sum_k e_k,  sum_k e_k y_k.
 
 
 @inline
 def _pair_1d(za2, zb2, y2, w, n):
     ma = -np.inf
     mb = -np.inf
+    ka = 0
+    kb = 0
     for k in range(n):
         sa = za2 * y2[k]
         sb = zb2 * y2[k]
-        ma = sa if sa > ma else ma
-        mb = sb if sb > mb else mb
+        if sa > ma:
+            ma, ka = sa, k
+        if sb > mb:
+            mb, kb = sb, k
+    ra2 = y2[ka]
+    rb2 = y2[kb]
+    da = 0.0
+    db = 0.0
+    for k in range(n):
+        da = max(da, za2 * (y2[k] - ra2))
+        db = max(db, zb2 * (y2[k] - rb2))
     s0a = 0.0
     s2a = 0.0
     s0b = 0.0
     s2b = 0.0
     for k in range(n):
-        ea = w[k] * fast_exp(za2 * y2[k] - ma)
-        eb = w[k] * fast_exp(zb2 * y2[k] - mb)
+        ea = w[k] * fast_exp(za2 * (y2[k] - ra2) - da)
+        eb = w[k] * fast_exp(zb2 * (y2[k] - rb2) - db)
         s0a += ea
         s2a += ea * y2[k]
         s0b += eb
         s2b += eb * y2[k]
-    return ma, s0a, 0.0, 0.0, s2a, mb, s0b, 0.0, 0.0, s2b
+    return ma + da, s0a, 0.0, 0.0, s2a, mb + db, s0b, 0.0, 0.0, s2b
 
 
 @inline
 def _pair_2d(za1, za2, zb1, zb2, y1, y2, w, n):
     ma = -np.inf
     mb = -np.inf
+    ka = 0
+    kb = 0
     for k in range(n):
         sa = za1 * y1[k] + za2 * y2[k]
         sb = zb1 * y1[k] + zb2 * y2[k]
-        ma = sa if sa > ma else ma
-        mb = sb if sb > mb else mb
+        if sa > ma:
+            ma, ka = sa, k
+        if sb > mb:
+            mb, kb = sb, k
+    ra1, ra2, rb1, rb2 = y1[ka], y2[ka], y1[kb], y2[kb]
+    da = 0.0
+    db = 0.0
+    for k in range(n):
+        da = max(da, za1 * (y1[k] - ra1) + za2 * (y2[k] - ra2))
+        db = max(db, zb1 * (y1[k] - rb1) + zb2 * (y2[k] - rb2))
     s0a = 0.0
     s1a = 0.0
     s2a = 0.0
@@ -73,26 +100,37 @@ def _pair_2d(za1, za2, zb1, zb2, y1, y2, w, n):
     s1b = 0.0
     s2b = 0.0
     for k in range(n):
-        ea = w[k] * fast_exp(za1 * y1[k] + za2 * y2[k] - ma)
-        eb = w[k] * fast_exp(zb1 * y1[k] + zb2 * y2[k] - mb)
+        ea = w[k] * fast_exp(za1 * (y1[k] - ra1) + za2 * (y2[k] - ra2) - da)
+        eb = w[k] * fast_exp(zb1 * (y1[k] - rb1) + zb2 * (y2[k] - rb2) - db)
         s0a += ea
         s1a += ea * y1[k]
         s2a += ea * y2[k]
         s0b += eb
         s1b += eb * y1[k]
         s2b += eb * y2[k]
-    return ma, s0a, 0.0, s1a, s2a, mb, s0b, 0.0, s1b, s2b
+    return ma + da, s0a, 0.0, s1a, s2a, mb + db, s0b, 0.0, s1b, s2b
 
 
 @inline
 def _pair_3d(za0, za1, za2, zb0, zb1, zb2, y0, y1, y2, w, n):
     ma = -np.inf
     mb = -np.inf
+    ka = 0
+    kb = 0
     for k in range(n):
         sa = za0 * y0[k] + za1 * y1[k] + za2 * y2[k]
         sb = zb0 * y0[k] + zb1 * y1[k] + zb2 * y2[k]
-        ma = sa if sa > ma else ma
-        mb = sb if sb > mb else mb
+        if sa > ma:
+            ma, ka = sa, k
+        if sb > mb:
+            mb, kb = sb, k
+    ra0, ra1, ra2 = y0[ka], y1[ka], y2[ka]
+    rb0, rb1, rb2 = y0[kb], y1[kb], y2[kb]
+    da = 0.0
+    db = 0.0
+    for k in range(n):
+        da = max(da, za0 * (y0[k] - ra0) + za1 * (y1[k] - ra1) + za2 * (y2[k] - ra2))
+        db = max(db, zb0 * (y0[k] - rb0) + zb1 * (y1[k] - rb1) + zb2 * (y2[k] - rb2))
     s0a = 0.0
     s1a = 0.0
     s2a = 0.0
@@ -102,8 +140,8 @@ def _pair_3d(za0, za1, za2, zb0, zb1, zb2, y0, y1, y2, w, n):
     s2b = 0.0
     s3b = 0.0
     for k in range(n):
-        ea = w[k] * fast_exp(za0 * y0[k] + za1 * y1[k] + za2 * y2[k] - ma)
-        eb = w[k] * fast_exp(zb0 * y0[k] + zb1 * y1[k] + zb2 * y2[k] - mb)
+        ea = w[k] * fast_exp(za0 * (y0[k] - ra0) + za1 * (y1[k] - ra1) + za2 * (y2[k] - ra2) - da)
+        eb = w[k] * fast_exp(zb0 * (y0[k] - rb0) + zb1 * (y1[k] - rb1) + zb2 * (y2[k] - rb2) - db)
         s0a += ea
         s1a += ea * y0[k]
         s2a += ea * y1[k]
@@ -112,7 +150,7 @@ def _pair_3d(za0, za1, za2, zb0, zb1, zb2, y0, y1, y2, w, n):
         s1b += eb * y0[k]
         s2b += eb * y1[k]
         s3b += eb * y2[k]
-    return ma, s0a, s1a, s2a, s3a, mb, s0b, s1b, s2b, s3b
+    return ma + da, s0a, s1a, s2a, s3a, mb + db, s0b, s1b, s2b, s3b
 
 
 @inline

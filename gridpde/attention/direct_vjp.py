@@ -51,36 +51,32 @@ __all__ = ["direct_velocity_vjp", "direct_velocity_jvp_numpy", "direct_velocity_
 
 
 @inline
-def _max_score(z0, z1, z2, y0, y1, y2, n, D):
-    """max_k z.y_k over the D active (trailing) coordinates."""
+def _argmax_score(z0, z1, z2, y0, y1, y2, n):
+    """(k*, s_k*): a source of the largest score z.y_k (the reference point r = y_k*)."""
     mx = -np.inf
-    if D == 3:
-        for k in range(n):
-            s = z0 * y0[k] + z1 * y1[k] + z2 * y2[k]
-            mx = s if s > mx else mx
-    elif D == 2:
-        for k in range(n):
-            s = z1 * y1[k] + z2 * y2[k]
-            mx = s if s > mx else mx
-    else:
-        for k in range(n):
-            s = z2 * y2[k]
-            mx = s if s > mx else mx
-    return mx
-
-
-@inline
-def _argmax_near(z0, z1, z2, y0, y1, y2, n, mx, tol):
-    """First k whose score is within ``tol`` of the max (a reference point)."""
+    kr = 0
     for k in range(n):
-        if z0 * y0[k] + z1 * y1[k] + z2 * y2[k] >= mx - tol:
-            return k
-    return 0
+        s = z0 * y0[k] + z1 * y1[k] + z2 * y2[k]
+        if s > mx:
+            mx, kr = s, k
+    return kr, mx
 
 
 @inline
-def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
-    """Sweep over the sources: with e_k = w_k exp(s_k - mx), u_k = y_k - r,
+def _max_offset(z0, z1, z2, r0, r1, r2, y0, y1, y2, n):
+    """max_k z.(y_k - r) >= 0: what pass 1's rounding misranked among near-ties (else 0)."""
+    d = 0.0
+    for k in range(n):
+        d = max(d, z0 * (y0[k] - r0) + z1 * (y1[k] - r1) + z2 * (y2[k] - r2))
+    return d
+
+
+@inline
+def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, dmax, D):
+    """Sweep over the sources: with e_k = w_k exp(z.u_k - dmax), u_k = y_k - r,
+
+    (scores relative to the reference point r from coordinate differences, so
+    no two huge scores are subtracted),
 
     returns sum e, sum e u (3) and sum e u (u . c) (3).
     """
@@ -93,10 +89,10 @@ def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
     t2 = 0.0
     if D == 3:
         for k in range(n):
-            e = w[k] * fast_exp(z0 * y0[k] + z1 * y1[k] + z2 * y2[k] - mx)
             u0 = y0[k] - r0
             u1 = y1[k] - r1
             u2 = y2[k] - r2
+            e = w[k] * fast_exp(z0 * u0 + z1 * u1 + z2 * u2 - dmax)
             eu = e * (u0 * c0 + u1 * c1 + u2 * c2)
             s0 += e
             a0 += e * u0
@@ -107,9 +103,9 @@ def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
             t2 += eu * u2
     elif D == 2:
         for k in range(n):
-            e = w[k] * fast_exp(z1 * y1[k] + z2 * y2[k] - mx)
             u1 = y1[k] - r1
             u2 = y2[k] - r2
+            e = w[k] * fast_exp(z1 * u1 + z2 * u2 - dmax)
             eu = e * (u1 * c1 + u2 * c2)
             s0 += e
             a1 += e * u1
@@ -118,8 +114,8 @@ def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
             t2 += eu * u2
     else:
         for k in range(n):
-            e = w[k] * fast_exp(z2 * y2[k] - mx)
             u2 = y2[k] - r2
+            e = w[k] * fast_exp(z2 * u2 - dmax)
             eu = e * (u2 * c2)
             s0 += e
             a2 += e * u2
@@ -128,12 +124,12 @@ def _tilted_sums(z0, z1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, w, n, mx, D):
 
 
 @kernel(parallel=True)
-def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
+def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, R, L, xbar):
     """Pass 1, parallel over targets i = rows of X.
 
     ys (3, n) kept sources coordinate-major (leading 3 - D rows zero), ws (n,)
     their weights, D the number of active trailing coordinates. Writes per
-    (j, i): E, Zb = Cov c, Z = z, C = c, A = c - z (E.c) (all (M, 3, T)),
+    (j, i): E, Zb = Cov c, Z = z, C = c, A = c - z ((E - r).c) (all (M, 3, T)), R = r,
     L = lse (M, T); and xbar (T, 3) = sum_j B_j^T Zb_ij.
     """
     T = X.shape[0]
@@ -156,13 +152,13 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
             # inactive score coordinates multiply zeros: drop them
             zs0 = z0 if D == 3 else 0.0
             zs1 = z1 if D >= 2 else 0.0
-            mx = _max_score(zs0, zs1, z2, y0, y1, y2, n, D)
-            kr = _argmax_near(zs0, zs1, z2, y0, y1, y2, n, mx, 1e-8 * (1.0 + abs(mx)))
+            kr, _ = _argmax_score(zs0, zs1, z2, y0, y1, y2, n)
             r0 = y0[kr]
             r1 = y1[kr]
             r2 = y2[kr]
+            dmax = _max_offset(zs0, zs1, z2, r0, r1, r2, y0, y1, y2, n)
             s0, a0, a1, a2, t0, t1, t2 = _tilted_sums(
-                zs0, zs1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, ws, n, mx, D
+                zs0, zs1, z2, c0, c1, c2, r0, r1, r2, y0, y1, y2, ws, n, dmax, D
             )
             # mean about r, then E and Cov c = t/s0 - (E - r)((E - r).c)
             d0 = a0 / s0
@@ -175,7 +171,6 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
             e0 = r0 + d0
             e1 = r1 + d1
             e2 = r2 + d2
-            ec = e0 * c0 + e1 * c1 + e2 * c2
             E[j, 0, i] = e0
             E[j, 1, i] = e1
             E[j, 2, i] = e2
@@ -188,10 +183,14 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
             C[j, 0, i] = c0
             C[j, 1, i] = c1
             C[j, 2, i] = c2
-            A[j, 0, i] = c0 - z0 * ec
-            A[j, 1, i] = c1 - z1 * ec
-            A[j, 2, i] = c2 - z2 * ec
-            L[j, i] = mx + np.log(s0)
+            # relative to r (pass 2 dots (y_k - r) with c): no cancellation of huge terms
+            A[j, 0, i] = c0 - z0 * dc
+            A[j, 1, i] = c1 - z1 * dc
+            A[j, 2, i] = c2 - z2 * dc
+            R[j, 0, i] = r0
+            R[j, 1, i] = r1
+            R[j, 2, i] = r2
+            L[j, i] = dmax + np.log(s0)  # lse relative to the score at r: lse = z.r + L
             # x_bar_i += B_j^T zbar
             h0, h1, h2 = rmatvec3(B, j, zb0, zb1, zb2)
             g0 += h0
@@ -206,10 +205,12 @@ def _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar):
 
 
 @kernel(parallel=True)
-def _source_pass(ys, ws, Z, C, A, L, D, ybar):
+def _source_pass(ys, ws, Z, C, A, R, L, D, ybar):
     """Pass 2, parallel over kept sources k: ybar (n, 3).
 
-    ybar_k = sum_{j,i} P_ijk (A_ij + Z_ij (y_k . C_ij)), P_ijk = exp(z_ij.y_k + log w_k - L_ij).
+    ybar_k = sum_{j,i} P_ijk (A_ij + Z_ij ((y_k - r_ij) . C_ij)), A = c - z ((E - r) . c),
+    P_ijk = exp(z_ij.(y_k - r_ij) + log w_k - L_ij) with r_ij the reference point of pass 1
+    and L_ij the log-normaliser relative to it (no difference of huge scores).
     D = 3 sums every coordinate; D < 3 assumes Z and A vanish in the leading
     3 - D coordinates (checked by the caller) and C is only dotted with y_k.
     """
@@ -235,23 +236,26 @@ def _source_pass(ys, ws, Z, C, A, L, D, ybar):
             A1 = A[j, 1]
             A2 = A[j, 2]
             Lj = L[j]
+            R0 = R[j, 0]
+            R1 = R[j, 1]
+            R2 = R[j, 2]
             if D == 3:
                 for i in range(T):
-                    p = fast_exp(Z0[i] * q0 + Z1[i] * q1 + Z2[i] * q2 + lw - Lj[i])
-                    dot = q0 * C0[i] + q1 * C1[i] + q2 * C2[i]
+                    p = fast_exp(Z0[i] * (q0 - R0[i]) + Z1[i] * (q1 - R1[i]) + Z2[i] * (q2 - R2[i]) + lw - Lj[i])
+                    dot = (q0 - R0[i]) * C0[i] + (q1 - R1[i]) * C1[i] + (q2 - R2[i]) * C2[i]
                     b0 += p * (A0[i] + Z0[i] * dot)
                     b1 += p * (A1[i] + Z1[i] * dot)
                     b2 += p * (A2[i] + Z2[i] * dot)
             elif D == 2:
                 for i in range(T):
-                    p = fast_exp(Z1[i] * q1 + Z2[i] * q2 + lw - Lj[i])
-                    dot = q1 * C1[i] + q2 * C2[i]
+                    p = fast_exp(Z1[i] * (q1 - R1[i]) + Z2[i] * (q2 - R2[i]) + lw - Lj[i])
+                    dot = (q1 - R1[i]) * C1[i] + (q2 - R2[i]) * C2[i]
                     b1 += p * (A1[i] + Z1[i] * dot)
                     b2 += p * (A2[i] + Z2[i] * dot)
             else:
                 for i in range(T):
-                    p = fast_exp(Z2[i] * q2 + lw - Lj[i])
-                    b2 += p * (A2[i] + Z2[i] * (q2 * C2[i]))
+                    p = fast_exp(Z2[i] * (q2 - R2[i]) + lw - Lj[i])
+                    b2 += p * (A2[i] + Z2[i] * ((q2 - R2[i]) * C2[i]))
         ybar[k, 0] = b0
         ybar[k, 1] = b1
         ybar[k, 2] = b2
@@ -318,13 +322,14 @@ def direct_velocity_vjp(X, w, B, V, ubar):
     Z = np.empty((M, 3, n))
     C = np.empty((M, 3, n))
     A = np.empty((M, 3, n))
+    R = np.empty((M, 3, n))
     L = np.empty((M, n))
     xbar = np.empty((n, 3))
-    _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, L, xbar)
+    _target_pass(X, ys, ws, B, V, ubar, D, E, Zb, Z, C, A, R, L, xbar)
     lead = 3 - D
     D2 = D if not (np.any(Z[:, :lead]) or np.any(A[:, :lead])) else 3
     ybar = np.empty((keep.size, 3))
-    _source_pass(ys, ws, Z, C, A, L, D2, ybar)
+    _source_pass(ys, ws, Z, C, A, R, L, D2, ybar)
     X_bar = xbar
     X_bar[keep] += ybar
     B_bar = np.einsum("jai,ib->jab", Zb, X)
