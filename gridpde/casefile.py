@@ -103,8 +103,10 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        msg = f"{source}: invalid TOML: {exc}"
+        msg = f"{source}: invalid TOML: {show(str(exc), 200)}"
         raise CaseError(msg) from None
+    except RecursionError:
+        raise CaseError(f"{source}: invalid TOML: arrays or tables nested too deeply") from None
     check_keys(doc, _TOP_KEYS, "")
     dim = check_int(doc.get("dim", MISSING), "dim", 1, 3)
     solver = _section(doc.get("solver", {}), "solver", SOLVER_KEYS, SolverSpec)

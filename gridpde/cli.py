@@ -1,17 +1,19 @@
 """The ``gridpde`` command line. No numerics here.
 
 Exit status: 0 success, 2 bad case file or arguments (one line naming what is
-wrong), 1 a run that failed after saving what it computed, 130 on Ctrl-C.
+wrong), 1 a run that failed after saving what it computed, 130 on Ctrl-C,
+143 on SIGTERM (both after saving a checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from gridpde import __version__
-from gridpde.errors import CaseError, RunError
+from gridpde.errors import CaseError, NumericalError, RunError, Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="measure the solver against exact solutions")
     v.add_argument("--quick", action="store_true", help="the subset the test suite runs")
-    v.add_argument("--only", metavar="NAME", help="run only the checks whose name contains NAME")
+    from gridpde.validation.names import STUDY_NAMES
+
+    v.add_argument("--only", metavar="NAME",
+                   help="run only the studies whose name contains NAME: " + ", ".join(STUDY_NAMES))
     v.add_argument("--slow", action="store_true", help="add the training convergence experiment (long)")
 
     g = sub.add_parser("gradcheck", help="adjoint gradient against finite differences")
@@ -62,17 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     from gridpde._numba import prefer_workqueue
 
     prefer_workqueue()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _COMMANDS[args.command](args)
     except CaseError as exc:
         print(f"gridpde: error: {exc}", file=sys.stderr)
         return 2
-    except RunError as exc:
+    except (RunError, NumericalError) as exc:
         print(f"gridpde: run failed: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("gridpde: stopped by SIGTERM", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("gridpde: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def _run(args) -> int:
@@ -91,16 +106,24 @@ def _run(args) -> int:
 
 
 def _validate(args) -> int:
+    from gridpde.validation.names import STUDY_NAMES
     from gridpde.validation.suite import run_suite
+
+    if args.only is not None and not any(args.only in name for name in STUDY_NAMES):
+        raise CaseError(f"--only {args.only!r}: no study has it in its name; studies: {', '.join(STUDY_NAMES)}")
 
     return 0 if run_suite(quick=args.quick, only=args.only, slow=args.slow) else 1
 
 
 def _gradcheck(args) -> int:
+    import numpy as np
+
     from gridpde.casefile import load_case
     from gridpde.objective.gradcheck import gradient_checks, report
     from gridpde.objective.problem import Problem
 
+    if not (np.isfinite(args.eps) and 0.0 < args.eps <= 1.0):
+        raise CaseError(f"--eps {args.eps}: expected a number in (0, 1] (the central-difference step)")
     case = load_case(args.case)
     problem = Problem(case, args.method)
     print(f"gradcheck: {problem.method.name} method, {len(case.prompts)} prompt(s)", file=sys.stderr)

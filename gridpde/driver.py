@@ -8,6 +8,7 @@ reason leaves a valid file holding every snapshot it reached.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gridpde.errors import CaseError, MassLost, NumericalError, RunError
+from gridpde.errors import CaseError, MassLost, NumericalError, RunError, Terminated
 from gridpde.heads import Heads
 from gridpde.io.checkpoint import load_checkpoint, train_datasets
+from gridpde.io.output import claim_output
 from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
 from gridpde.io.results import write_result
 from gridpde.io.snapshots import Snapshots
@@ -61,6 +63,30 @@ def warm_up(report: Report, runner: Method) -> None:
     report("compiling kernels (first use only; cached afterwards)...")
     runner.warm_up()
     report(f"kernels ready ({time.perf_counter() - t:.1f} s)")
+
+
+def check_memory(case: Case, runner: Method) -> None:
+    """CaseError naming the key before any work if the run cannot fit in this machine's memory."""
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - no sysconf
+        return
+    P, S = len(case.prompts), case.output.snapshots
+    work, per_snapshot, key, value, what = runner.memory()
+    snaps = per_snapshot * P * S
+    need = work * P + snaps
+    if need > 0.9 * limit:
+        key, value = ("output.snapshots", S) if snaps > work * P else (key, value)
+        raise CaseError(f"{key} = {value}: the run would need about {need / 2**30:.3g} GiB ({what}, {P} prompt(s), "
+                        f"{S} snapshots), more than this machine's {limit / 2**30:.3g} GiB")
+
+
+def report_attention(report: Report, attrs: dict) -> None:
+    """One line if the table method fell back to exact sums (it could not meet attention_tol)."""
+    if attrs.get("attention_fallbacks"):
+        report(f"note: {attrs['attention_fallbacks']} attention evaluation(s) used exact sums: the table "
+               f"could not meet solver.attention_tol = {attrs['attention_tol']:g} "
+               f"({attrs['attention_fallback_reason']})")
 
 
 def advance_snapshots(runner: Method, solver, states: list, snaps: Snapshots,
@@ -133,11 +159,18 @@ def run_case(
         RunError: the run stopped early; the file holds what was computed.
         KeyboardInterrupt: after saving what was computed.
     """
-    m = case.heads
     runner = make_method(case, method)
+    check_memory(case, runner)
     training = case.train is not None and case.train.steps > 0
     if resume and not training:
         raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")
+    with claim_output(out):
+        return _run(case, Path(out), runner, training, resume, report)
+
+
+def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, report: Report) -> Snapshots:
+    """:func:`run_case` once the output is claimed."""
+    m = case.heads
     warm_up(report, runner)
     states = runner.initial_states(case.prompts)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
@@ -173,7 +206,12 @@ def run_case(
         solver = runner.solver(heads[0])
         report(f"running {P} prompt(s), {runner.name} method ({runner.label}), {m.layers} layer(s) "
                f"x {m.width} head(s), {len(depth)} snapshots -> {out}")
-        advance_snapshots(runner, solver, states, snaps, progress, after=save)
+        def after_snapshot() -> None:
+            attrs.update(runner.attention_report(solver))
+            save()
+
+        advance_snapshots(runner, solver, states, snaps, progress, after=after_snapshot)
+        report_attention(report, attrs)
         if problem is not None:
             report("computing the risk and its gradient (forward and adjoint)...")
             t = time.perf_counter()
@@ -184,14 +222,17 @@ def run_case(
             extra.update(target_datasets(problem))
             report(f"risk {res.risk:.6g} (per prompt {np.array2string(res.per_prompt, precision=4)}), "
                    f"|grad| {grad_norm(res.grad):.3g}")
-    except RunError as exc:
+    except MassLost as exc:
         stop("mass_lost", str(exc))
+        raise RunError(str(exc)) from None
+    except RunError as exc:
+        stop("failed", str(exc))
         raise RunError(str(exc)) from None
     except NumericalError as exc:
         stop("nan", str(exc))
         raise RunError(str(exc)) from None
-    except KeyboardInterrupt:
-        stop("interrupted", "interrupted by the user (Ctrl-C)")
+    except KeyboardInterrupt as exc:
+        stop("interrupted", "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)")
         raise
     snaps.status = "finished"
     snaps.message = attrs.get("train_stop", "") or f"finished in {progress.elapsed:.1f} s"

@@ -22,3 +22,7 @@ class RunError(RuntimeError):
 
 class MassLost(RunError):
     """More mass left the box than ``solver.mass_tol`` allows (status mass_lost)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a batch scheduler's stop): handled like Ctrl-C, exit status 143."""

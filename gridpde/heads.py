@@ -15,6 +15,7 @@ in the last d rows and columns of a 3 x 3 block of zeros (:func:`pad3`,
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,10 @@ def load_heads_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         FileNotFoundError: the file does not exist.
         ValueError: the file is not an npz archive or lacks one of Q, K, V.
     """
-    data = np.load(path, allow_pickle=False)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (EOFError, zipfile.BadZipFile, ValueError) as exc:  # empty, truncated or not numpy at all
+        raise ValueError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         msg = f"{path}: expected an .npz archive with arrays Q, K, V, found a single array"
         raise ValueError(msg)
@@ -189,7 +193,10 @@ def load_heads_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
                 f"expected Q, K, V (found: {', '.join(data.files) or 'none'})"
             )
             raise ValueError(msg)
-        Q, K, V = (np.array(data[name]) for name in HEAD_ARRAYS)
+        try:
+            Q, K, V = (np.array(data[name]) for name in HEAD_ARRAYS)
+        except (EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:  # a damaged member
+            raise ValueError(f"{path}: cannot read Q, K, V ({type(exc).__name__}: {exc})") from None
     return Q, K, V
 
 

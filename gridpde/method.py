@@ -66,6 +66,10 @@ class Method(ABC):
     def solver(self, heads: Heads) -> Any:
         """A forward solver for fixed heads (what :meth:`advance` and :meth:`solve` run)."""
 
+    def attention_report(self, solver) -> dict:
+        """Result-file attributes of how the attention was summed by ``solver`` (default: nothing to say)."""
+        return {}
+
     @abstractmethod
     def advance(self, solver, state, s0: float, s1: float, on_step: OnStep | None = None):
         """The state moved from depth s0 to s1 (the run loop's snapshots)."""
@@ -105,6 +109,11 @@ class Method(ABC):
     @abstractmethod
     def backward(self, solver, tape, state, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(dR/dB, dR/dV, steps recomputed) from the cotangent ``lam`` of the output state."""
+
+    @abstractmethod
+    def memory(self) -> tuple[int, int, str, object, str]:
+        """(bytes one prompt's solve keeps, bytes one snapshot of one prompt takes, the key that sets
+        the size, its value, a few words): for the check before a run starts."""
 
     @abstractmethod
     def warm_up(self) -> None:

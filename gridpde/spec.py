@@ -25,6 +25,7 @@ TimeStepper = Literal["euler", "ssprk2", "ssprk3"]
 Method = Literal["grid", "particles"]
 Integrator = Literal["euler", "rk4"]
 Quadrature = Literal["deconvolved", "midpoint"]
+Attention = Literal["exact", "table", "auto"]
 LossKind = Literal["mmd", "potential"]
 TrainScheme = Literal["explicit", "implicit"]
 
@@ -66,7 +67,8 @@ def fail(key: str, value: Any, expected: str) -> NoReturn:
 def check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
     for name in table:
         if name not in allowed:
-            key = f"{where}.{name}" if where else name
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            key = f"{where}.{shown}" if where else shown
             expected = "unknown key, expected one of: " + ", ".join(allowed)
             msg = f"{key} = {show(table[name])}: {expected}"
             raise CaseError(msg)
@@ -124,9 +126,12 @@ SOLVER_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "scheme": one_of(Scheme),
     "limiter": one_of(Limiter),
     "time": one_of(TimeStepper),
-    "cfl": unit,
+    "cfl": lambda v, k: check_float(v, k, lambda x: 1e-6 <= x <= 1, "a number in [1e-6, 1] (smaller cannot make progress)"),
+    "max_steps": lambda v, k: check_int(v, k, 1),
     "mass_tol": unit,
     "quadrature": one_of(Quadrature),
+    "attention": one_of(Attention),
+    "attention_tol": lambda v, k: check_float(v, k, lambda x: 1e-14 <= x <= 1e-2, "a number in [1e-14, 1e-2]"),
     "integrator": one_of(Integrator),
     "substeps": lambda v, k: check_int(v, k, 1),
     "tokens": lambda v, k: check_int(v, k, 1),
@@ -141,7 +146,7 @@ OUTPUT_KEYS: dict[str, Callable[[Any, str], Any]] = {
 }
 TRAIN_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "steps": lambda v, k: check_int(v, k, 0),
-    "lr": lambda v, k: check_float(v, k, lambda x: x > 0, "a number > 0"),
+    "lr": lambda v, k: check_float(v, k, lambda x: 0 < x <= 1e100, "a number in (0, 1e100]"),
     "checkpoint_every": lambda v, k: check_int(v, k, 1),
     "backtrack": check_bool,
     "risk_tol": lambda v, k: check_float(v, k, lambda x: x >= 0, "a number >= 0"),
@@ -201,7 +206,10 @@ class SolverSpec:
     time: TimeStepper = "ssprk3"
     cfl: float = 0.4
     mass_tol: float = 1e-6
+    max_steps: int = 100_000  # depth steps per layer interval (grid) before the run stops (exit 1)
     quadrature: Quadrature = "deconvolved"
+    attention: Attention = "auto"  # grid: exact tensor sums, or the tilted-mean table (auto: from 4096 cells)
+    attention_tol: float = 1e-10  # the table's relative error bound on the velocity
     # particle method
     integrator: Integrator = "rk4"
     substeps: int | None = None  # steps per layer; default 1 for euler, 4 for rk4

@@ -126,3 +126,23 @@ def test_nonfinite_gradient_names_prompt_layer_and_block():
     assert _nonfinite(4, 0.1, B_bar, V_bar) == "prompt 4: layer 1, block V of the gradient is not finite"
     B_bar[0, 0] = np.inf
     assert "layer 0, block Q and K" in _nonfinite(4, 0.1, B_bar, V_bar)
+
+
+def test_huge_velocity_stops_at_the_step_bound_naming_velocity_and_cfl(tmp_path, capsys):
+    """Inline V = 1e300 used to run forever at s = 0; now the step bound stops it at once (exit 1)."""
+    out = tmp_path / "r.h5"
+    doc = {**SMALL, "model": {"layers": 1, "heads": 1, "head_dim": 1, "Q": [[[[1.0]]]], "K": [[[[1.0]]]],
+                              "V": [[[[1e300]]]]}}
+    case = _write(tmp_path, dump_case({**doc, "output": {"path": str(out), "snapshots": 2}}))
+    assert main(["run", str(case), "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert "solver.max_steps" in err and "velocity" in err and "cfl" in err
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "failed"
+
+
+@pytest.mark.parametrize("cfl", ["1e-9", "5e-324", "0"])
+def test_cfl_that_cannot_make_progress_exits_2(tmp_path, capsys, cfl):
+    case = _write(tmp_path, _small(tmp_path / "x.h5").replace("[solver]\n", f"[solver]\ncfl = {cfl}\n"))
+    assert main(["run", str(case)]) == 2
+    assert "solver.cfl" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_every_limiter_positive_with_finite_gradient(seed, cells, half_width, va
             tape = Tape()
             rho1, _, _ = solver.solve(rho0, 0.0, 1.0, tape=tape)
             for rec in tape.steps:
-                assert all((u >= 0.0).all() for u, _ in rec.stages), limiter
+                assert all((u >= 0.0).all() for u, _, _ in rec.stages), limiter
             assert (rho1 >= 0.0).all(), limiter
             lam = rng.normal(size=rho1.shape)
             lam0, B_bar, V_bar = backward(solver, tape, lam)

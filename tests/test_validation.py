@@ -25,3 +25,10 @@ def test_crossing_time_interpolates_an_exponential_decay_exactly():
     assert crossing_time(risks, lrs, 1e-4) == pytest.approx(3 * np.log(1e4), rel=1e-12)
     assert crossing_time(risks, lrs, 2.0) == 0.0
     assert crossing_time(risks, lrs, 1e-9) == float("inf")
+
+
+def test_study_names_for_the_help_are_the_suites():
+    from gridpde.validation.names import STUDY_NAMES
+    from gridpde.validation.suite import FULL, QUICK, SLOW
+
+    assert list(STUDY_NAMES) == list(dict.fromkeys([*QUICK, *FULL, *SLOW]))

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from gridpde.attention.table import evaluate_vjp
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
 from gridpde.grid.forward import GridForward, StepRecord, Tape
 from gridpde.grid.transport_vjp import transport_vjp
 
 
-def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.ndarray, layer: int):
+def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.ndarray, layer: int,
+            table=None):
     """(J(u)^T mu, B_bar, V_bar) of L(u) = -div(u v[u]) with ``faces`` the forward velocities.
+
+    ``table``: the attention table the forward stage used (its exact transpose), or None (exact sums).
 
     B_bar, V_bar are (M, 3, 3) in the padded layout.
     """
@@ -43,9 +47,12 @@ def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.
         lo, hi = solver.face_slices[a], solver.face_slices[a + 1]
         ubar[lo:hi, 3 - d + a] = ubar_faces[a].ravel()
     w = (u * grid.cell_volume).reshape(grid.padded_shape)
-    w_bar, B_bar, V_bar = tensor_velocity_vjp(
-        solver.targets, w, *solver.sources, solver.B[layer], solver.V[layer], solver.h, ubar
-    )
+    if table is not None:
+        w_bar, B_bar, V_bar = evaluate_vjp(table, solver.targets, solver.B[layer], solver.V[layer], ubar)
+    else:
+        w_bar, B_bar, V_bar = tensor_velocity_vjp(
+            solver.targets, w, *solver.sources, solver.B[layer], solver.V[layer], solver.h, ubar
+        )
     rho_bar = rho_bar + w_bar.reshape(grid.shape) * grid.cell_volume
     return rho_bar, B_bar, V_bar
 
@@ -86,8 +93,8 @@ def backward(solver: GridForward, tape: Tape, lam: np.ndarray):
             if a:
                 lam_n += a * lam_k
             mu = (1.0 - a) * lam_k
-            u_in, faces = stages[k]
-            rho_bar, Bb, Vb = rhs_vjp(solver, u_in, faces, mu, rec.layer)
+            u_in, faces, table = stages[k]
+            rho_bar, Bb, Vb = rhs_vjp(solver, u_in, faces, mu, rec.layer, table)
             lam_k = mu + rec.dt * rho_bar
             B_bar[rec.layer] += rec.dt * Bb
             V_bar[rec.layer] += rec.dt * Vb

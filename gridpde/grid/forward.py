@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridpde.attention.table import table_velocity
 from gridpde.attention.tensor import tensor_velocity
-from gridpde.errors import NumericalError
+from gridpde.errors import NumericalError, RunError
 from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
 from gridpde.grid.transport import POSITIVITY_LIMIT, Transport
@@ -33,15 +34,43 @@ from gridpde.grid.transport import POSITIVITY_LIMIT, Transport
 SSP_COEFFS = {"euler": (0.0,), "ssprk2": (0.0, 0.5), "ssprk3": (0.0, 0.75, 1.0 / 3.0)}
 
 
+#: attention = "auto" takes the table from this many cells on (smaller grids: exact sums,
+#: where the table's build and check cost more than they save)
+AUTO_TABLE_CELLS = 4096
+
+
+class StepLimit(RunError):
+    """A layer interval would take more than ``solver.max_steps`` depth steps (exit 1)."""
+
+
 @dataclass
 class Stage:
     """One right-hand side evaluation: drho/ds, outflow rate, Courant rate,
-    and the face velocities it used."""
+    the face velocities it used, and the attention table that made them (None: exact sums)."""
 
     drho: np.ndarray
     outflow: float
     rate: float
     u: list[np.ndarray]
+    table: object = None
+
+
+@dataclass
+class AttentionStats:
+    """What the table method did during a solver's life: calls, fallbacks, the largest error estimate."""
+
+    calls: int = 0
+    table: int = 0
+    fallbacks: int = 0
+    max_error: float = 0.0
+    fallback_reason: str = ""
+
+
+def _table_bytes(table) -> int:
+    if table is None:
+        return 0
+    arrays = [table.coef, table.S0, table.m, table.bad, *table.E, *table.EY]
+    return int(sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)))
 
 
 @dataclass
@@ -74,7 +103,7 @@ class Tape:
         if rec.stages is not None:
             # stage 0's input is the start state itself: count it once
             stage_bytes = sum((u.nbytes if u is not rec.start else 0) + sum(f.nbytes for f in U)
-                              for u, U in rec.stages)
+                              + _table_bytes(tab) for u, U, tab in rec.stages)
             if self.bytes + size + stage_bytes <= self.budget:
                 size += stage_bytes
             else:
@@ -95,6 +124,11 @@ class GridForward:
         cfl: target Courant number.
         quadrature: "deconvolved" (tilted means of the smooth density whose
             cell averages are rho) or "midpoint" (of the cell masses at centres).
+        attention: "exact" (tensor sums), "table" (one interpolation table of
+            the tilted mean per stage, error-controlled, see
+            :mod:`gridpde.attention.table`) or "auto" (the table from
+            ``AUTO_TABLE_CELLS`` cells on).
+        attention_tol: the table's relative error bound on the velocity.
     """
 
     def __init__(
@@ -106,6 +140,9 @@ class GridForward:
         time: str = "ssprk3",
         cfl: float = 0.4,
         quadrature: str = "deconvolved",
+        attention: str = "exact",
+        attention_tol: float = 1e-10,
+        max_steps: int = 100_000,
     ):
         self.grid = grid
         self.layers = B.shape[0]
@@ -126,27 +163,45 @@ class GridForward:
         self.face_shapes = [grid.face_shape(a) for a in range(d)]
         self._vel = np.empty((self.targets.shape[0], 3))
         self._lse = np.empty((self.B.shape[1], self.targets.shape[0]))
+        self.use_table = attention == "table" or (attention == "auto" and int(np.prod(grid.shape)) >= AUTO_TABLE_CELLS)
+        self.attention_tol = attention_tol
+        self.max_steps = max_steps
+        self.stats = AttentionStats()
 
-    def face_velocity(self, rho: np.ndarray, layer: int) -> list[np.ndarray]:
-        """Normal velocity u_a at the faces of each axis a for density ``rho``."""
+    def face_velocity(self, rho: np.ndarray, layer: int):
+        """(normal velocity u_a at the faces of each axis a for density ``rho``, the table or None)."""
         d = self.grid.dim
         w = (rho * self.grid.cell_volume).reshape(self.grid.padded_shape)
-        tensor_velocity(
-            self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h, self._vel, self._lse
-        )
+        table = None
+        if self.use_table:
+            info = table_velocity(self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h,
+                                  self._vel, tol=self.attention_tol)
+            table = info["table"]
+            st = self.stats
+            st.calls += 1
+            if table is None:
+                st.fallbacks += 1
+                st.fallback_reason = st.fallback_reason or info["reason"]
+            else:
+                st.table += 1
+                st.max_error = max(st.max_error, info["error_estimate"])
+        else:
+            tensor_velocity(
+                self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h, self._vel, self._lse
+            )
         u = []
         for a in range(d):
             lo, hi = self.face_slices[a], self.face_slices[a + 1]
             u.append(self._vel[lo:hi, 3 - d + a].reshape(self.face_shapes[a]).copy())
-        return u
+        return u, table
 
     def rhs(self, rho: np.ndarray, layer: int) -> Stage:
         """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads."""
-        u = self.face_velocity(rho, layer)
+        u, table = self.face_velocity(rho, layer)
         drho = np.empty_like(rho)
         outflow = self.transport.rhs(rho, u, drho)
         rate = sum(float(np.abs(ua).max()) / dx for ua, dx in zip(u, self.grid.dx))
-        return Stage(drho, outflow, rate, u)
+        return Stage(drho, outflow, rate, u, table)
 
     def step(
         self,
@@ -166,7 +221,7 @@ class GridForward:
         for k, a in enumerate(self.coeffs):
             st = first if (k == 0 and first is not None) else self.rhs(u, layer)
             if record is not None:
-                record.append((u, st.u))
+                record.append((u, st.u, st.table))
             courant = max(courant, dt * st.rate)
             nu = u + dt * st.drho
             nout = out + dt * st.outflow
@@ -197,8 +252,15 @@ class GridForward:
         first = self.rhs(rho, layer)
         if not math.isfinite(first.rate):
             raise NumericalError(f"non-finite velocity at depth s = {s0:.6g}", s0)
-        n = steps or max(1, math.ceil((s1 - s0) * first.rate / self.cfl * (1 - 1e-12)))
+        need = (s1 - s0) * first.rate / self.cfl * (1 - 1e-12)
+        n = steps or max(1, math.ceil(need) if need < self.max_steps else self.max_steps + 1)
         while True:
+            if n > self.max_steps:
+                umax = max(float(np.abs(ua).max()) for ua in first.u)
+                raise StepLimit(
+                    f"depth s = {s0:.4g}..{s1:.4g} needs more than solver.max_steps = {self.max_steps} steps: "
+                    f"the largest face velocity is {umax:.3g} (Courant rate {first.rate:.3g} per unit depth) "
+                    f"at cfl = {self.cfl:g}; smaller heads (V, B), a coarser grid or a larger max_steps")
             dt = (s1 - s0) / n
             u, out, ok = rho, 0.0, True
             records = []

@@ -12,6 +12,7 @@ discrete map changed, and the caller evaluates again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ from gridpde.io.snapshots import Snapshots
 from gridpde.measures import GridMeasure
 from gridpde.method import Method
 from gridpde.prompts import cell_averages
+
+
+#: float64 arrays of the grid's size a grid solve keeps at once (states, stages, faces, ghosts, work)
+GRID_ARRAYS = 48
 
 
 @dataclass
@@ -47,7 +52,8 @@ class GridMethod(Method):
         self.grid = Grid(case.grid.lower, case.grid.upper, case.grid.cells)
         self.limiter = sv.limiter if sv.scheme == "muscl" else "upwind"
         self.attrs = {"scheme": sv.scheme, "limiter": sv.limiter, "time": sv.time, "cfl": sv.cfl,
-                      "quadrature": sv.quadrature, "mass_tol": sv.mass_tol}
+                      "quadrature": sv.quadrature, "mass_tol": sv.mass_tol, "attention": sv.attention,
+                      "attention_tol": sv.attention_tol}
         self.label = f"{'x'.join(map(str, self.grid.cells))} cells"
         self._schedules: list[list[int]] | None = None
         self.version = 0
@@ -61,7 +67,14 @@ class GridMethod(Method):
 
     def solver(self, heads: Heads) -> GridForward:
         sv = self.case.solver
-        return GridForward(self.grid, heads.B, heads.V, self.limiter, sv.time, sv.cfl, sv.quadrature)
+        return GridForward(self.grid, heads.B, heads.V, self.limiter, sv.time, sv.cfl, sv.quadrature,
+                           sv.attention, sv.attention_tol, sv.max_steps)
+
+    def attention_report(self, solver: GridForward) -> dict:
+        st = solver.stats
+        return {"attention_used": "table" if solver.use_table else "exact",
+                "attention_max_error": st.max_error, "attention_fallbacks": st.fallbacks,
+                "attention_fallback_reason": st.fallback_reason}
 
     def advance(self, solver: GridForward, state: GridState, s0, s1, on_step=None) -> GridState:
         rho, lost, n = solver.solve(state.rho, s0, s1, on_step)
@@ -109,7 +122,9 @@ class GridMethod(Method):
         tol = self.case.solver.mass_tol
         if state.mass_out > tol:
             raise MassLost(f"prompt {p}: mass that left the box {state.mass_out:.3g} exceeds "
-                           f"solver.mass_tol = {tol:g} {where}; enlarge [grid] lower/upper")
+                           f"solver.mass_tol = {tol:g} {where}; enlarge [grid] lower/upper"
+                           + ("" if min(self.grid.cells) >= 16 else
+                              ", or refine [grid] cells (on so coarse a grid numerical diffusion reaches the walls)"))
 
     # ------------------------------------------------------------ adjoint
     def new_tape(self) -> Tape:
@@ -121,6 +136,10 @@ class GridMethod(Method):
     def backward(self, solver: GridForward, tape: Tape, state: GridState, lam):
         _, B_bar, V_bar = backward(solver, tape, lam)
         return B_bar, V_bar, tape.recomputed
+
+    def memory(self):
+        n = math.prod(self.case.grid.cells)
+        return 8 * n * GRID_ARRAYS, 8 * n, "grid.cells", list(self.case.grid.cells), f"{n:.3g} cells"
 
     def warm_up(self) -> None:
         zero = np.zeros((1, 1, 2, 2))

@@ -81,6 +81,12 @@ class ParticleMethod(Method):
         _, B_bar, V_bar = solver.backward(tape, state.w, lam)
         return B_bar, V_bar, 0
 
+    def memory(self):
+        sv = self.case.solver
+        n = max(p.points.shape[0] if p.kind == "tokens" else sv.tokens for p in self.case.prompts)
+        d, M = self.case.dim, self.case.heads.width
+        return 8 * n * (64 + 16 * M), 8 * n * d, "solver.tokens", n, f"{n} tokens"
+
     def warm_up(self) -> None:
         n = 800
         ParticleForward(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2))).velocity(np.zeros((n, 2)), np.full(n, 1.0 / n), 0)

@@ -110,12 +110,13 @@ class Level:
 
 
 def run_level(problem: GaussianProblem, n: int, limiter: str, time: str = "ssprk3",
-              cfl: float = 0.4, quadrature: str = "deconvolved") -> Level:
+              cfl: float = 0.4, quadrature: str = "deconvolved", attention: str = "exact",
+              attention_tol: float = 1e-10) -> Level:
     """Solve ``problem`` on n cells per axis to s = 1 and measure its errors."""
     grid = problem.grid(n)
     rho0 = gaussian_cell_averages(grid, problem.mean, problem.cov)
     m0 = grid.mass(rho0)
-    solver = GridForward(grid, problem.B, problem.V, limiter, time, cfl, quadrature)
+    solver = GridForward(grid, problem.B, problem.V, limiter, time, cfl, quadrature, attention, attention_tol)
     rho, lost, steps = solver.solve(rho0, 0.0, 1.0)
     (m1,), (S1,) = problem.exact()
     exact = gaussian_cell_averages(grid, m1, S1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gridpde.heads import conditional_wasserstein
+from gridpde.prompts import GaussianPrompt
 from gridpde.validation import gradient_studies as gs
 from gridpde.validation import ntk_families as nf
 from gridpde.validation import particle_studies as ps
@@ -239,6 +240,45 @@ def training_flow_time(dim, method, lrs, explicit_lr, tol=0.05) -> Callable[[], 
     return study
 
 
+def table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable[[], Iterator[Check]]:
+    """The attention table against exact sums: face velocities within ``tol`` on the validation
+    families (a Gaussian and two separated bumps, 8 random heads of entry scale ``scale``: the table
+    must serve them), the bumps under 4x stronger tilts (where the panels must adapt: the table, or
+    a fallback to exact sums that the run states), and the Gaussian problem's errors at s = 1 unchanged."""
+    from gridpde.grid.forward import GridForward
+    from gridpde.heads import Heads
+    from gridpde.prompts import MixturePrompt
+
+    def study() -> Iterator[Check]:
+        problem = gaussian_problem(dim)
+        grid = problem.grid(n)
+        c = np.full(dim, 1.6)
+        bumps = MixturePrompt([0.5, 0.5], [-c, c], [0.15 * np.eye(dim)] * 2).cell_averages(grid)
+        gauss = GaussianPrompt(problem.mean, problem.cov).cell_averages(grid)
+        heads = Heads.random(1, 8, dim, dim, scale, 3)
+        strong = Heads(4.0 * heads.Q, heads.K, heads.V)
+        for label, rho, h, must in (("gaussian", gauss, heads, True), ("two bumps", bumps, heads, True),
+                                    ("two bumps, strong tilt", bumps, strong, False)):
+            exact, _ = GridForward(grid, h.B, h.V, attention="exact").face_velocity(rho, 0)
+            solver = GridForward(grid, h.B, h.V, attention="table", attention_tol=tol)
+            table, tab = solver.face_velocity(rho, 0)
+            err = max(np.abs(a - b).max() for a, b in zip(exact, table)) / max(np.abs(a).max() for a in exact)
+            how = "table" if tab is not None else f"exact fallback ({solver.stats.fallback_reason})"
+            ok = err <= tol and (tab is not None or not must)
+            yield Check(f"table-{dim}d: velocity error, {label}", err,
+                        f"<= {tol:g}" + (", table" if must else ""), ok,
+                        f"n = {n}, 8 heads, {how}, estimate {solver.stats.max_error:.2e}")
+        ref = run_level(problem, n, LIMITER)
+        lv = run_level(problem, n, LIMITER, attention="table", attention_tol=tol)
+        for key in ("l1", "mean_err", "cov_err"):
+            a, b = getattr(lv, key), getattr(ref, key)
+            change = abs(a - b) / b
+            yield Check(f"table-{dim}d: change of the {key} error", change, "<= 1e-3", change <= 1e-3,
+                        f"exact sums {b:.4e}, table {a:.4e} (the table's error sits below the scheme's)")
+
+    return study
+
+
 QUICK = {
     "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
     "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
@@ -253,6 +293,7 @@ QUICK = {
     "gradient-1d-grid-muscl": gradient_order(1, "grid", [100, 200, 400], "muscl", 1.8),
     "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
     "ntk-families": ntk_families,
+    "table-2d": table_accuracy(2, 48, 1e-8),
 }
 
 FULL = {
@@ -277,6 +318,9 @@ FULL = {
     "gradient-2d-particles": gradient_order(2, "particles", [12, 16, 24], "upwind", finest=1e-5),
     "gradient-grid-vs-particles-1d": gradient_grid_particles(1, [100, 200, 400], 1.8),
     "ntk-families": ntk_families,
+    "table-1d": table_accuracy(1, 400, 1e-10),
+    "table-2d": table_accuracy(2, 96, 1e-9),
+    "table-3d": table_accuracy(3, 24, 1e-6, scale=0.4),
 }
 
 

@@ -1,0 +1,40 @@
+"""The names of the validation studies (for the command line's help, without importing the studies).
+
+tests/test_validation.py checks that this list is the suite's.
+"""
+
+STUDY_NAMES = (
+    "gaussian-1d-upwind",
+    "gaussian-1d-muscl",
+    "gaussian-2d-upwind",
+    "gaussian-2d-muscl",
+    "particles-sampling",
+    "particles-quadrature",
+    "grid-vs-particles-1d",
+    "depth-gap",
+    "width-gap",
+    "gradient-1d-grid-upwind",
+    "gradient-1d-grid-muscl",
+    "gradient-1d-particles",
+    "ntk-families",
+    "table-2d",
+    "gaussian-2d-moments",
+    "gaussian-3d-upwind",
+    "gaussian-3d-muscl",
+    "grid-vs-particles-2d",
+    "gradient-2d-grid-upwind",
+    "gradient-2d-grid-muscl",
+    "gradient-2d-particles",
+    "gradient-grid-vs-particles-1d",
+    "table-1d",
+    "table-3d",
+    "train-1d-near-grid",
+    "train-1d-near-particles",
+    "train-2d-near-grid",
+    "train-2d-near-particles",
+    "train-1d-near-grid-flow",
+    "train-1d-random-grid",
+    "train-1d-random-particles",
+    "train-2d-random-grid",
+    "train-2d-random-particles",
+)

@@ -1,0 +1,82 @@
+"""The tilted-mean table inside the grid method: forward, adjoint, gradient checks, against exact sums."""
+
+import numpy as np
+import pytest
+
+from gridpde.builders import case_document, dump_case, gaussian, mixture
+from gridpde.casefile import parse_case
+from gridpde.grid.adjoint import backward
+from gridpde.grid.forward import GridForward, Tape
+from gridpde.grid.mesh import Grid
+from gridpde.heads import Heads
+from gridpde.objective.gradcheck import gradient_checks
+from gridpde.objective.problem import Problem
+from gridpde.prompts import gaussian_cell_averages
+
+PROMPTS_2D = [mixture([0.5, 0.5], [[-1.0, 0.2], [1.0, -0.3]], [[[0.4, 0.1], [0.1, 0.3]], [[0.3, 0.0], [0.0, 0.5]]])]
+
+
+def _case(attention: str, tol: float = 1e-10):
+    doc = case_document(2, box=6.0, cells=24, init=(0.6, 3), prompts=PROMPTS_2D, teacher=(0.6, 4),
+                        solver={"scheme": "muscl", "attention": attention, "attention_tol": tol, "mass_tol": 1e-3})
+    return parse_case(dump_case(doc))
+
+
+@pytest.mark.parametrize("tol", [1e-6, 1e-10])
+def test_table_forward_matches_exact_sums_within_tol(tol):
+    grid = Grid((-6.0, -6.0), (6.0, 6.0), (32, 32))
+    rho = gaussian_cell_averages(grid, np.array([0.3, -0.2]), np.array([[0.5, 0.1], [0.1, 0.4]]))
+    h = Heads.random(1, 4, 2, 2, 0.7, 5)
+    exact = GridForward(grid, h.B, h.V, attention="exact")
+    table = GridForward(grid, h.B, h.V, attention="table", attention_tol=tol)
+    u_exact, none = exact.face_velocity(rho, 0)
+    u_table, tab = table.face_velocity(rho, 0)
+    assert none is None and tab is not None and table.stats.table == 1
+    scale = max(np.abs(u).max() for u in u_exact)
+    err = max(np.abs(a - b).max() for a, b in zip(u_exact, u_table)) / scale
+    assert err <= tol, err
+    assert 0.0 < table.stats.max_error <= tol  # the checked estimate, within the tolerance
+    assert err <= 10 * table.stats.max_error  # and an estimate of the error, not a bound far above it
+
+
+def test_table_adjoint_is_the_transpose_of_the_table_forward():
+    """<J^T lam, drho> = <lam, J drho> for the whole solve with tables (panels frozen), by finite
+    differences of the forward along drho."""
+    grid = Grid((-6.0, -6.0), (6.0, 6.0), (20, 20))
+    rho = gaussian_cell_averages(grid, np.array([0.3, -0.2]), np.array([[0.5, 0.1], [0.1, 0.4]]))
+    h = Heads.random(1, 2, 2, 2, 0.7, 1)
+    solver = GridForward(grid, h.B, h.V, "upwind", "euler", attention="table", attention_tol=1e-12)
+    tape = Tape()
+    rho1, _, n = solver.solve(rho, 0.0, 1.0, tape=tape)
+    rng = np.random.default_rng(0)
+    lam = rng.normal(size=rho1.shape)
+    lam0, _, _ = backward(solver, tape, lam)
+    drho = rng.normal(size=rho.shape) * rho  # relative perturbation: keeps rho >= 0
+    eps = 1e-6
+    sched = [n]
+    up = solver.solve(rho + eps * drho, 0.0, 1.0, schedule=list(sched))[0]
+    down = solver.solve(rho - eps * drho, 0.0, 1.0, schedule=list(sched))[0]
+    fd = np.sum(lam * (up - down)) / (2 * eps)
+    assert abs(fd - np.sum(lam0 * drho)) <= 1e-6 * abs(fd)
+
+
+def test_table_gradient_passes_gradcheck_and_matches_the_exact_gradient():
+    table = Problem(_case("table"))
+    exact = Problem(_case("exact"))
+    heads = table.case.heads
+    risk, checks, taylor = gradient_checks(table, heads, eps=1e-5)
+    for c in checks:
+        assert c.rel_error <= 1e-5, (c.block, c.adjoint, c.finite_difference)
+    assert 1.8 <= taylor.slope <= 2.2, taylor.remainder
+    g_table = table.risk_and_grad(heads)
+    g_exact = exact.risk_and_grad(heads)
+    assert abs(g_table.risk - g_exact.risk) <= 1e-8 * g_exact.risk
+    diff = np.linalg.norm(g_table.grad.flat() - g_exact.grad.flat()) / np.linalg.norm(g_exact.grad.flat())
+    assert diff <= 1e-6, diff
+
+
+def test_auto_takes_exact_sums_on_small_grids_and_the_table_on_large_ones():
+    small = GridForward(Grid((-1.0,), (1.0,), (64,)), np.ones((1, 1, 1, 1)), np.ones((1, 1, 1, 1)), attention="auto")
+    large = GridForward(Grid((-1.0, -1.0), (1.0, 1.0), (64, 64)), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)),
+                        attention="auto")
+    assert not small.use_table and large.use_table
