@@ -108,8 +108,11 @@ def test_xarray_dims_grid2d(tmp_path):
         assert ds["mass"].dims == ds["mass_out"].dims == ds["steps"].dims == ("prompt", "depth")
         assert ds["mean"].dims == ("prompt", "depth", "dim")
         assert ds["cov"].dims == ("prompt", "depth", "dim", "dim2")
-        assert set(ds.coords) == {"depth", "x", "y"}
+        assert set(ds.coords) == {"depth", "x", "y", "prompt", "dim", "dim2"}  # every axis has coordinates
+        np.testing.assert_array_equal(ds["prompt"].values, np.arange(rec.mass.shape[0]))
         np.testing.assert_array_equal(ds["x"].values, rec.centres[0])
+        assert ds["density"].attrs["units"] == "mass / length^dim" and "rho" in ds["density"].attrs["long_name"]
+        assert ds["x"].attrs["units"] == "length" and ds["depth"].attrs["long_name"]
         np.testing.assert_array_equal(ds["density"].values, rec.density)
         assert ds.attrs["method"] == "grid" and ds.attrs["depth_done"] == 4
         assert ds.attrs["time_forward"] == 1.25
@@ -201,7 +204,7 @@ def test_describe(tmp_path):
     assert "/heads/V" in text and "(layer=2, head=3, dim=2, dim2=2)" in text
     assert "/depth" in text and "(depth=3)" in text
     assert "prompt" not in [line.split()[0].lstrip("/") for line in text.splitlines()
-                            if line.startswith("  /")]  # dimension-only scales are hidden
+                            if line.startswith("  /")]  # dimension scales and index axes are hidden
     assert f"mass {rec.mass[1, 2]:.10g}" in text
 
 
@@ -215,3 +218,14 @@ def test_bad_files(tmp_path):
         f["a"] = 1
     with pytest.raises(CaseError, match="not a gridpde result"):
         read_result(tmp_path / "other.h5")
+
+
+def test_targets_density_shares_the_cell_centres(tmp_path):
+    """/targets/density's x axis is the file's /x coordinate (xarray labels it with the centres)."""
+    rng = np.random.default_rng(3)
+    rec = grid_record((8,), 3, rng)
+    path = tmp_path / "t.h5"
+    write(path, rec, rng)
+    results.add_datasets(path, {"targets/density": (rng.random((rec.mass.shape[0], 8)), ("prompt", "x"))})
+    with xr.open_dataset(path, engine="h5netcdf", group="targets") as ds:
+        np.testing.assert_array_equal(ds["x"].values, rec.centres[0])

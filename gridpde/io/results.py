@@ -60,6 +60,9 @@ def write_array(
         raise ValueError(msg)
     extra = {"compression": "gzip", "compression_opts": 1} if data.nbytes > _COMPRESS_BYTES else {}
     ds = group.create_dataset(name, data=data, **extra)
+    base = name.rsplit("/", 1)[-1]
+    if base in VARIABLES:
+        ds.attrs["long_name"], ds.attrs["units"] = VARIABLES[base]
     if dims == (name,):
         ds.make_scale(name)
         return ds
@@ -68,13 +71,55 @@ def write_array(
     return ds
 
 
+#: long_name and units of every variable, by its name (units "1": a count or a pure number;
+#: lengths are in the case's token coordinates)
+VARIABLES = {
+    "depth": ("depth s of the snapshot", "1"),
+    "x": ("cell centre, axis 1", "length"), "y": ("cell centre, axis 2", "length"),
+    "z": ("cell centre, axis 3", "length"),
+    "density": ("density rho (cell averages)", "mass / length^dim"),
+    "positions": ("token positions X_i", "length"), "weights": ("token weights w_i", "1"),
+    "mass": ("mass inside the box", "1"), "mass_out": ("mass that left the box", "1"),
+    "steps": ("depth steps taken so far", "1"), "mean": ("mean of the measure", "length"),
+    "cov": ("covariance of the measure (grid: Sheppard-corrected)", "length^2"),
+    "Q": ("query matrices Q", "1"), "K": ("key matrices K", "1"), "V": ("value matrices V", "1"),
+    "B": ("score matrices B = K^T Q (with 1/sqrt(k) if scale_scores)", "1"),
+    "risk": ("risk R = mean over prompts of F(mu_1; tau)", "1"), "risk_prompt": ("risk of each prompt", "1"),
+    "grad_norm": ("norm of dR/d(Q, K, V)", "1"), "lr": ("time step taken", "1"),
+    "w_c": ("conditional Wasserstein distance from the initial heads", "1"),
+    "seconds": ("wall-clock time since the start", "s"),
+    "evaluations": ("risk-and-gradient evaluations of the step", "1"),
+    "depth_steps": ("depth steps of one evaluation", "1"),
+}
+#: axes whose coordinate is an index 0 .. n-1
+INDEX_AXES = ("prompt", "token", "dim", "dim2", "layer", "head", "head_dim", "step", "checkpoint", "query")
+
+
 def _dimension(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
-    """The dimension scale ``group[name]`` of length ``size``, made if missing."""
+    """The dimension scale of ``name`` and length ``size`` for ``group``, made if missing.
+
+    A cell-centre axis (x, y, z) of the file's root is copied into the group, so that
+    /targets/density is labelled by the centres; index axes get the coordinate 0 .. n-1; others an
+    empty netCDF-style dimension.
+    """
     if name in group:
         scale = group[name]
         if scale.shape != (size,):
             msg = f"dimension {name!r} has length {scale.shape[0]}, an array needs {size}"
             raise ValueError(msg)
+        return scale
+    root = group.file
+    if name in AXES and name in root and root[name].shape == (size,):  # the cell centres, for this group too
+        scale = group.create_dataset(name, data=root[name][()])
+        scale.make_scale(name)
+        for key in ("long_name", "units"):
+            if key in root[name].attrs:
+                scale.attrs[key] = root[name].attrs[key]
+        return scale
+    if name in INDEX_AXES:
+        scale = group.create_dataset(name, data=np.arange(size, dtype=np.int64))
+        scale.make_scale(name)
+        scale.attrs["long_name"] = f"{name} index"
         return scale
     scale = group.create_dataset(name, shape=(size,), dtype=">f4")
     scale.make_scale(f"{_NOT_A_VARIABLE}{size:10d}")
@@ -350,7 +395,8 @@ def describe(path: str | Path) -> str:
         lines.append("datasets:")
 
         def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and not _is_dimension_only(obj):
+            index = name.rsplit("/", 1)[-1] in INDEX_AXES and obj.ndim == 1 and obj.dtype.kind == "i"
+            if isinstance(obj, h5py.Dataset) and not _is_dimension_only(obj) and not index:
                 lines.append(f"  /{name:<14} {_dims(obj)} {obj.dtype}")
 
         f.visititems(visit)
