@@ -94,7 +94,10 @@ def dump_case(doc: dict) -> str:
     Top-level tables whose values are dicts become [tables] (one level of
     sub-tables, e.g. [loss.teacher]); a list of dicts becomes [[arrays]].
     """
-    lines = [f"{k} = {_value(v)}" for k, v in doc.items() if not isinstance(v, (dict, list))]
+    def tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines = [f"{k} = {_value(v)}" for k, v in doc.items() if not isinstance(v, dict) and not tables(v)]
     for name, table in doc.items():
         if isinstance(table, dict):
             subs = {k: v for k, v in table.items() if isinstance(v, dict) and k not in ("init", "target")}
@@ -103,7 +106,7 @@ def dump_case(doc: dict) -> str:
             for sub, inner in subs.items():
                 lines.append(f"[{name}.{sub}]")
                 lines += [f"{k} = {_value(v)}" for k, v in inner.items()]
-        elif isinstance(table, list):
+        elif tables(table):
             for item in table:
                 lines.append(f"[[{name}]]")
                 lines += [f"{k} = {_value(v)}" for k, v in item.items()]

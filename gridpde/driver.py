@@ -21,7 +21,7 @@ from gridpde.heads import Heads
 from gridpde.io.checkpoint import load_checkpoint, train_datasets
 from gridpde.io.output import claim_output
 from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
-from gridpde.io.results import write_result
+from gridpde.io.results import read_result, write_result
 from gridpde.io.snapshots import Snapshots
 from gridpde.method import Method, make_method
 from gridpde.objective.problem import Problem
@@ -162,8 +162,6 @@ def run_case(
     runner = make_method(case, method)
     check_memory(case, runner)
     training = case.train is not None and case.train.steps > 0
-    if resume and not training:
-        raise CaseError("--resume: the case has no [train] with steps > 0, so there is nothing to resume")
     with claim_output(out):
         return _run(case, Path(out), runner, training, resume, report)
 
@@ -174,6 +172,10 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
     warm_up(report, runner)
     states = runner.initial_states(case.prompts)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
+    if resume and not training:  # a forward run: continue from its last complete snapshot
+        snaps, states = _resume_forward(case, out, runner, snaps, states)
+        report(f"resuming the forward pass at snapshot {snaps.done} of {len(snaps.depth)} "
+               f"(s = {snaps.depth[snaps.done - 1]:.4g}) from {out}")
     depth = snaps.depth
     P = len(states)
     heads = [m]  # the current heads (training replaces them)
@@ -191,9 +193,10 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
         save()
         report(f"stopped: {message}; saved what was computed to {out}")
 
-    for p, st in enumerate(states):
-        runner.record(snaps, 0, p, st)
-    snaps.done = 1
+    if snaps.done == 0:
+        for p, st in enumerate(states):
+            runner.record(snaps, 0, p, st)
+        snaps.done = 1
     problem = None
     try:
         for p, st in enumerate(states):
@@ -239,6 +242,25 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
     save()
     report(f"finished in {progress.elapsed:.1f} s; wrote {out}")
     return snaps
+
+
+def _resume_forward(case: Case, out: Path, runner: Method, snaps: Snapshots, states: list):
+    """The record and the states of an interrupted forward run in ``out``, for the same case."""
+    if not out.exists():
+        raise CaseError(f"--resume: {out} does not exist (nothing to resume)")
+    old = read_result(out)
+    if old.case_text != case.text:
+        raise CaseError(f"--resume: the case file changed since {out} was written; resume needs the same case")
+    if old.method != runner.name:
+        raise CaseError(f"--resume: {out} was written by the {old.method} method, not {runner.name}")
+    if old.attrs.get("status") == "finished":
+        raise CaseError(f"--resume: {out} is finished; nothing to resume")
+    done = old.snaps.done
+    if done < 1 or old.snaps.depth.shape != snaps.depth.shape:
+        raise CaseError(f"--resume: {out} holds no complete snapshot of this case")
+    snaps = old.snaps
+    snaps.status, snaps.message = "running", ""
+    return snaps, [runner.restore(snaps, done - 1, p, st) for p, st in enumerate(states)]
 
 
 def _train(case, problem, current: list[Heads], out, resume, extra, save, report, attrs) -> Heads:

@@ -128,6 +128,10 @@ class Method(ABC):
     def record(self, snaps: Snapshots, k: int, p: int, state) -> None:
         """Write prompt p's state into snapshot k."""
 
+    @abstractmethod
+    def restore(self, snaps: Snapshots, k: int, p: int, like):
+        """Prompt p's state at snapshot k, as :meth:`record` wrote it (``like``: its initial state)."""
+
 
 def make_method(case: Case, name: str | None = None) -> Method:
     """The case's method (or ``name``): a :class:`Method`."""

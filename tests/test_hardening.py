@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gridpde.builders import case_document, dump_case, gaussian
+from gridpde.casefile import load_case
 from gridpde.cli import main
 from gridpde.io.output import claim_output
 
@@ -134,3 +135,35 @@ def test_gradcheck_with_a_large_eps_retakes_the_checks_on_the_refined_schedule(c
     out = capsys.readouterr().out
     slope = float(out.split("fitted slope")[1].split()[0])
     assert 1.9 <= slope <= 2.1, out
+
+
+@pytest.mark.parametrize("method", ["grid", "particles"])
+def test_forward_run_resumes_from_its_last_complete_snapshot_bit_for_bit(tmp_path, monkeypatch, method):
+    from gridpde.method import make_method
+
+    doc = case_document(cells=64, prompts=[gaussian([0.2], [[0.5]])], init=(0.9, 4),
+                        solver={"method": method, "tokens": 50}, output={"snapshots": 6, "plot": False})
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    assert main(["run", str(case), "-o", str(full), "--no-plot"]) == 0
+    cls = type(make_method(load_case(case)))
+    real = cls.record
+
+    def interrupt_at_4(self, snaps, k, p, state):
+        if k == 4:
+            raise KeyboardInterrupt
+        real(self, snaps, k, p, state)
+
+    monkeypatch.setattr(cls, "record", interrupt_at_4)
+    assert main(["run", str(case), "-o", str(part), "--no-plot"]) == 130
+    monkeypatch.setattr(cls, "record", real)
+    with h5py.File(part) as f:
+        assert f.attrs["status"] == "interrupted" and f.attrs["depth_done"] == 4
+    assert main(["run", str(case), "-o", str(part), "--resume", "--no-plot"]) == 0
+    name = "density" if method == "grid" else "positions"
+    with h5py.File(full) as a, h5py.File(part) as b:
+        assert b.attrs["status"] == "finished"
+        for key in (name, "mass", "mass_out", "mean", "cov", "steps"):
+            np.testing.assert_array_equal(b[key][()], a[key][()])
+    assert main(["run", str(case), "-o", str(part), "--resume", "--no-plot"]) == 2  # finished: nothing to resume

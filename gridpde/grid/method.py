@@ -158,5 +158,8 @@ class GridMethod(Method):
         snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = self.grid.moments(state.rho)
         snaps.steps[p, k] = state.steps
 
+    def restore(self, snaps: Snapshots, k: int, p: int, like: GridState) -> GridState:
+        return GridState(np.array(snaps.density[p, k]), float(snaps.mass_out[p, k]), int(snaps.steps[p, k]))
+
 
 

@@ -106,3 +106,7 @@ class ParticleMethod(Method):
         snaps.mass_out[p, k] = 0.0
         snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = token_moments(state.X, state.w)
         snaps.steps[p, k] = state.steps
+
+    def restore(self, snaps: Snapshots, k: int, p: int, like: TokenState) -> TokenState:
+        n = len(like.w)
+        return TokenState(np.array(snaps.positions[p, k, :n]), like.w, int(snaps.steps[p, k]))
