@@ -68,19 +68,25 @@ def main(argv: list[str] | None = None) -> int:
 
     prefer_workqueue()
     previous = signal.signal(signal.SIGTERM, _terminate)
+    from gridpde.parallel import world
+
+    def say(line: str) -> None:  # under MPI every rank ends alike; rank 0 says how
+        if world().root:
+            print(line, file=sys.stderr)
+
     try:
         return _COMMANDS[args.command](args)
     except CaseError as exc:
-        print(f"gridpde: error: {exc}", file=sys.stderr)
+        say(f"gridpde: error: {exc}")
         return 2
     except (RunError, NumericalError) as exc:
-        print(f"gridpde: run failed: {exc}", file=sys.stderr)
+        say(f"gridpde: run failed: {exc}")
         return 1
     except Terminated:
-        print("gridpde: stopped by SIGTERM", file=sys.stderr)
+        say("gridpde: stopped by SIGTERM")
         return 143
     except KeyboardInterrupt:
-        print("gridpde: interrupted", file=sys.stderr)
+        say("gridpde: interrupted")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -97,7 +103,9 @@ def _run(args) -> int:
     case = load_case(args.case)
     out = args.output or Path(case.output.path)
     run_case(case, out, method=args.method, resume=args.resume)
-    if case.output.plot and not args.no_plot:
+    from gridpde.parallel import world
+
+    if case.output.plot and not args.no_plot and world().root:
         from gridpde.io.plot import plot_result
 
         for f in plot_result(out):
@@ -126,8 +134,12 @@ def _gradcheck(args) -> int:
         raise CaseError(f"--eps {args.eps}: expected a number in (0, 1] (the central-difference step)")
     case = load_case(args.case)
     problem = Problem(case, args.method)
-    print(f"gradcheck: {problem.method.name} method, {len(case.prompts)} prompt(s)", file=sys.stderr)
-    print(report(*gradient_checks(problem, case.heads, eps=args.eps, seed=args.seed)))
+    from gridpde.parallel import world
+
+    text = report(*gradient_checks(problem, case.heads, eps=args.eps, seed=args.seed))
+    if world().root:
+        print(f"gradcheck: {problem.method.name} method, {len(case.prompts)} prompt(s)", file=sys.stderr)
+        print(text)
     return 0
 
 

@@ -24,6 +24,7 @@ from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
 from gridpde.io.results import read_result, write_result
 from gridpde.io.snapshots import Snapshots
 from gridpde.method import Method, make_method
+from gridpde.parallel import SERIAL, Ranks, world
 from gridpde.objective.problem import Problem
 from gridpde.spec import Case
 from gridpde.train.flow import TrainRecord, TrainState, grad_norm, train
@@ -90,18 +91,24 @@ def report_attention(report: Report, attrs: dict) -> None:
 
 
 def advance_snapshots(runner: Method, solver, states: list, snaps: Snapshots,
-                      progress: Progress | None = None, after: Callable[[], None] | None = None) -> None:
+                      progress: Progress | None = None, after: Callable[[], None] | None = None,
+                      ranks: Ranks = SERIAL) -> None:
     """Move every prompt through the snapshot depths after ``snaps.done - 1``, recording each.
 
     ``after`` runs when a depth is filled (the run loop saves there); then
     the mass check, so a run that loses mass keeps the snapshot that shows it.
+    Under MPI each rank advances its prompts and every rank records them all.
     """
     depth, P = snaps.depth, len(states)
     for k in range(snaps.done, len(depth)):
-        for p, st in enumerate(states):
+
+        def one(p: int, k: int = k):
             step = None if progress is None else (lambda s, n, lb=f"prompt {p + 1}/{P}": progress(lb, s, n))
-            states[p] = runner.advance(solver, st, depth[k - 1], depth[k], step)
-            runner.record(snaps, k, p, states[p])
+            return runner.advance(solver, states[p], depth[k - 1], depth[k], step)
+
+        states[:] = [one(p) for p in range(P)] if ranks.size == 1 else ranks.run(one, P)
+        for p, st in enumerate(states):
+            runner.record(snaps, k, p, st)
         snaps.done = k + 1
         if after is not None:
             after()
@@ -162,12 +169,31 @@ def run_case(
     runner = make_method(case, method)
     check_memory(case, runner)
     training = case.train is not None and case.train.steps > 0
-    with claim_output(out):
-        return _run(case, Path(out), runner, training, resume, report)
+    ranks = world()
+    if ranks.size == 1:
+        with claim_output(out):
+            return _run(case, Path(out), runner, training, resume, report, ranks)
+    # rank 0 owns the file: it claims it, and every rank learns whether that worked
+    lock, problem = None, None
+    if ranks.root:
+        try:
+            lock = claim_output(out)
+        except CaseError as exc:
+            problem = str(exc)
+    problem = ranks.bcast(problem)
+    if problem is not None:
+        raise CaseError(problem)
+    quiet = report if ranks.root else (lambda line: None)
+    try:
+        return _run(case, Path(out), runner, training, resume, quiet, ranks)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, report: Report) -> Snapshots:
-    """:func:`run_case` once the output is claimed."""
+def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, report: Report,
+         ranks: Ranks) -> Snapshots:
+    """:func:`run_case` once the output is claimed (every rank runs it; rank 0 writes)."""
     m = case.heads
     warm_up(report, runner)
     states = runner.initial_states(case.prompts)
@@ -184,6 +210,8 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
     extra: dict = {}
 
     def save() -> None:
+        if not ranks.root:
+            return
         snaps.timings["run"] = progress.elapsed
         write_result(out, snaps, case_text=case.text, dim=case.dim, method=runner.name,
                      heads={**heads[0].arrays(), "B": heads[0].B}, attrs=attrs, extra=extra)
@@ -202,7 +230,7 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
         for p, st in enumerate(states):
             runner.check_mass(st, p, "at depth s = 0")
         if case.loss is not None:
-            problem = Problem(case, runner.name)  # runs the teacher, if any
+            problem = Problem(case, runner.name, ranks)  # runs the teacher, if any
             extra.update(teacher_datasets(case))
         if training:
             heads[0] = _train(case, problem, heads, out, resume, extra, save, report, attrs)
@@ -213,7 +241,7 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
             attrs.update(runner.attention_report(solver))
             save()
 
-        advance_snapshots(runner, solver, states, snaps, progress, after=after_snapshot)
+        advance_snapshots(runner, solver, states, snaps, progress, after=after_snapshot, ranks=ranks)
         report_attention(report, attrs)
         if problem is not None:
             report("computing the risk and its gradient (forward and adjoint)...")

@@ -78,8 +78,11 @@ class Method(ABC):
     def solve(self, solver, state, p: int, tape: list | None = None):
         """Prompt p's state moved from s = 0 to 1 on the method's fixed steps, recording ``tape``."""
 
-    def plan(self, heads: Sequence[Heads], states: list) -> None:
+    def plan(self, heads: Sequence[Heads], states: list, ranks=None) -> None:
         """Fix the depth steps every later :meth:`solve` takes, from these heads (default: nothing to fix)."""
+
+    def share_schedules(self, gathered: list, before: list, version_before: int) -> None:
+        """Adopt the schedules gathered from every rank (each prompt's from its own rank)."""
 
     @property
     def schedules(self) -> list | None:

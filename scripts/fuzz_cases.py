@@ -79,11 +79,57 @@ def mutate(rng, out):
     return kind, key, text
 
 
+def targeted(tmp: Path) -> list[tuple[str, str, str, list[str]]]:
+    """The hardening report's classes of bad input: (kind, key, case text, extra arguments)."""
+    out = tmp / "t.h5"
+    (tmp / "plain.txt").write_text("x")
+    (tmp / "empty.npz").write_bytes(b"")
+    (tmp / "trunc.npz").write_bytes(b"PK\x03\x04trunc")
+    cases = []
+
+    def add(kind, key, doc=None, text=None, args=()):
+        cases.append((kind, key, text if text is not None else builders.dump_case(doc), list(args)))
+
+    for target in (str(tmp), str(tmp) + "/a\0b.h5", str(tmp / ("x" * 300)), ".", str(tmp / "plain.txt" / "r.h5")):
+        add("output path", "output.path", base(out), args=["-o", target])
+    for name in ("empty.npz", "trunc.npz"):
+        d = base(out)
+        d["model"] = {"layers": 2, "heads": 2, "head_dim": 1, "heads_file": str(tmp / name)}
+        add("heads file", "model.heads_file", d)
+    for cells, snaps in (([100000, 100000], 2), ([2**62, 2], 2), ([64, 64], 1_000_000)):
+        d = base(out)
+        d["dim"] = 2
+        d["grid"] = {"lower": [-6.0, -6.0], "upper": [6.0, 6.0], "cells": cells}
+        d["model"]["head_dim"] = 2
+        d["prompts"] = [builders.gaussian([0.0, 0.0], [[0.5, 0.0], [0.0, 0.5]])]
+        d["loss"]["teacher"] = {"init": {"scale": 0.7, "seed": 2}}
+        d["output"]["snapshots"] = snaps
+        add("huge size", "grid.cells" if snaps == 2 else "output.snapshots", d)
+    for cfl in (1e-9, 5e-324):
+        d = base(out)
+        d["solver"]["cfl"] = cfl
+        add("cfl", "solver.cfl", d)
+    d = base(out)
+    d["model"] = {"layers": 1, "heads": 1, "head_dim": 1, "Q": [[[[1.0]]]], "K": [[[[1.0]]]], "V": [[[[1e300]]]]}
+    d["loss"]["teacher"] = {"Q": [[[[1.0]]]], "K": [[[[1.0]]]], "V": [[[[1.0]]]]}
+    add("V = 1e300", "", d)
+    d = base(out)
+    d["loss"]["sigma"] = 1e-300
+    add("sigma = 1e-300", "", d)
+    d = base(out)
+    d["train"] = {"steps": 1, "lr": 1e308, "scheme": "implicit"}
+    add("lr = 1e308", "train.lr", d)
+    add("nesting", "", text="dim = " + "[" * 3000 + "]" * 3000 + "\n")
+    add("long key", "", text=builders.dump_case(base(out)) + "k" * 100_000 + " = 1\n")
+    return cases
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pythonpath", default=None)
+    ap.add_argument("-v", "--verbose", action="store_true", help="print the runs that did not end in exit 0 or 2")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     env = {**os.environ}
@@ -91,19 +137,29 @@ def main():
         env["PYTHONPATH"] = args.pythonpath
     counts = Counter()
     with tempfile.TemporaryDirectory() as tmp:
+        jobs = []
         for i in range(args.n):
             d = Path(tmp) / f"c{i}"
             d.mkdir()
+            jobs.append((d, *mutate(rng, d / "r.h5"), []))
+        d = Path(tmp) / "targeted"
+        d.mkdir()
+        jobs += [(d / f"t{i}", *case) for i, case in enumerate(targeted(d))]
+        for d, kind, key, text, extra in jobs:
+            d.mkdir(exist_ok=True)
             out = d / "r.h5"
-            kind, key, text = mutate(rng, out)
             (d / "case.toml").write_text(text, encoding="utf-8")
             try:
-                p = subprocess.run([sys.executable, "-m", "gridpde", "run", str(d / "case.toml"), "--no-plot"],
+                p = subprocess.run([sys.executable, "-m", "gridpde", "run", str(d / "case.toml"), "--no-plot", *extra],
                                    cwd=d, env=env, capture_output=True, text=True, timeout=60)
             except subprocess.TimeoutExpired:
                 counts["hang (> 60 s)"] += 1
+                if args.verbose:
+                    print(f"hang: {kind} {key}")
                 continue
             err = p.stderr
+            if args.verbose and (p.returncode not in (0, 2) or "Traceback" in err):
+                print(f"{kind} {key}: exit {p.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
             if "Traceback" in err:
                 counts["traceback"] += 1
             elif p.returncode == 2:
@@ -115,14 +171,14 @@ def main():
                 if out.exists():
                     with h5py.File(out) as f:
                         if f.attrs["status"] == "finished":
-                            bad = any(not np.all(np.isfinite(f[n][()])) for n in ("density", "mean", "cov", "risk")
-                                      if n in f)
+                            bad = any(not np.all(np.isfinite(f[n][()])) for n in ("density", "mean", "cov", "risk",
+                                                                                    "grad/Q") if n in f)
                 counts["wrongly accepted (NaN, finished)" if bad else "exit 0"] += 1
             elif p.returncode == 1:
                 counts["exit 1 (run failed, saved)"] += 1
             else:
                 counts[f"exit {p.returncode}"] += 1
-    print(f"{args.n} mutated cases (seed {args.seed})")
+    print(f"{args.n} mutated cases (seed {args.seed}) and {len(jobs) - args.n} targeted ones")
     for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<36} {v}")
 

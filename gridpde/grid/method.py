@@ -81,21 +81,34 @@ class GridMethod(Method):
         return GridState(rho, state.mass_out + lost, state.steps + n)
 
     # ------------------------------------------------------------ schedules
-    def plan(self, heads, states) -> None:
+    def plan(self, heads, states, ranks=None) -> None:
         """Per prompt and layer interval, the larger step count the given heads need.
 
         A student trained towards the teacher's velocities then stays inside
         the schedule instead of crossing a doubling (a jump of the risk that
         stalls the line search).
         """
-        schedules = [[0] * self.case.heads.layers for _ in states]
-        for h in heads:
-            solver = self.solver(h)
-            for p, st in enumerate(states):
+        solvers = [self.solver(h) for h in heads]
+
+        def one(p: int) -> list[int]:
+            best = [0] * self.case.heads.layers
+            for solver in solvers:
                 sched: list[int] = []
-                solver.solve(st.rho, 0.0, 1.0, schedule=sched)
-                schedules[p] = [max(a, b) for a, b in zip(schedules[p], sched, strict=True)]
-        self._schedules = schedules
+                solver.solve(states[p].rho, 0.0, 1.0, schedule=sched)
+                best = [max(a, b) for a, b in zip(best, sched, strict=True)]
+            return best
+
+        if ranks is None or ranks.size == 1:
+            self._schedules = [one(p) for p in range(len(states))]
+        else:
+            self._schedules = ranks.run(one, len(states))
+
+    def share_schedules(self, gathered, before, version_before: int) -> None:
+        """Every rank ends with the same schedules and one version step if any prompt's changed."""
+        gathered = [[int(n) for n in s] for s in gathered]
+        changed = gathered != [list(s) for s in before]
+        self._schedules = gathered
+        self.version = version_before + 1 if changed else version_before
 
     @property
     def schedules(self) -> list[list[int]] | None:

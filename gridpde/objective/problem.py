@@ -19,6 +19,7 @@ from gridpde.errors import CaseError, NumericalError
 from gridpde.heads import Heads
 from gridpde.method import make_method
 from gridpde.objective.losses import MMDLoss, PotentialLoss
+from gridpde.parallel import Ranks, world
 from gridpde.spec import Case, LossSpec
 
 
@@ -78,16 +79,17 @@ class Problem:
         method: "grid" or "particles" (default: the case's).
     """
 
-    def __init__(self, case: Case, method: str | None = None):
+    def __init__(self, case: Case, method: str | None = None, ranks: Ranks | None = None):
         if case.loss is None:
             raise CaseError("[loss]: the case has no loss, so there is no risk to compute")
         self.case = case
         self.dim = case.dim
+        self.ranks = ranks or world()
         self.method = make_method(case, method)
         self.loss = make_loss(case.loss, case.dim)
         self.initial = self.method.initial_states(case.prompts)
         teacher = case.loss.teacher
-        self.method.plan([case.heads] + ([teacher] if teacher is not None else []), self.initial)
+        self.method.plan([case.heads] + ([teacher] if teacher is not None else []), self.initial, self.ranks)
         self._version = self.method.version
         self.targets = self._targets()
 
@@ -136,42 +138,70 @@ class Problem:
         exactly (zero risk).
         """
         solver = self.method.solver(heads)
-        outs = []
-        for p, st in enumerate(self.initial):
-            out = self.method.solve(solver, st, p)
+
+        def one(p: int):
+            out = self.method.solve(solver, self.initial[p], p)
             self.method.check_mass(out, p, "during a risk evaluation")
-            outs.append(out)
+            return out
+
+        outs = self._over_prompts(one)
         if self.method.version != self._version:  # refined on the way: again, on the new schedules
             self._sync()
             return self.outputs(heads)
         return outs
 
+    def _over_prompts(self, fn) -> list:
+        """[fn(p) for every prompt], spread over the ranks; schedules refined on any rank are shared."""
+        if self.ranks.size == 1:
+            return [fn(p) for p in range(len(self.initial))]
+        before, version = self.method.schedules, self.method.version
+        results = self.ranks.run(fn, len(self.initial))
+        if before is not None:
+            own = self.ranks.run(lambda p: self.method.schedules[p], len(self.initial))
+            self.method.share_schedules(own, before, version)
+        return results
+
     def risk(self, heads: Heads) -> RiskResult:
         """The risk without its gradient."""
-        per = np.array([self.loss.value(self.method.measure(o), t)
-                        for o, t in zip(self.outputs(heads), self.targets)])
+        solver = self.method.solver(heads)
+
+        def one(p: int) -> float:
+            out = self.method.solve(solver, self.initial[p], p)
+            self.method.check_mass(out, p, "during a risk evaluation")
+            return self.loss.value(self.method.measure(out), self.targets[p])
+
+        per = np.array(self._over_prompts(one))
+        if self._sync():  # refined on the way: again, on the new schedules
+            return self.risk(heads)
         return RiskResult(float(per.mean()), per)
 
     def risk_and_grad(self, heads: Heads) -> RiskResult:
         """The risk and its exact gradient with respect to Q, K, V (and B)."""
         P = len(self.initial)
+        solver = self.method.solver(heads)
+
+        def one(p: int):
+            st = self.initial[p]
+            tape = self.method.new_tape()
+            out = self.method.solve(solver, st, p, tape)
+            self.method.check_mass(out, p, "during a risk evaluation")
+            value = self.loss.value(self.method.measure(out), self.targets[p])
+            lam = self.method.cotangent(self.loss, out, self.targets[p], 1.0 / P)
+            Bb, Vb, rec = self.method.backward(solver, tape, out, lam)
+            return value, Bb, Vb, out.steps - st.steps, rec
+
         per = np.empty(P)
         B_bar = np.zeros(heads.B.shape)
         V_bar = np.zeros(heads.V.shape)
         steps = recomputed = 0
         nonfinite = ""
-        solver = self.method.solver(heads)
-        for p, st in enumerate(self.initial):
-            tape = self.method.new_tape()
-            out = self.method.solve(solver, st, p, tape)
-            self.method.check_mass(out, p, "during a risk evaluation")
-            per[p] = self.loss.value(self.method.measure(out), self.targets[p])
-            lam = self.method.cotangent(self.loss, out, self.targets[p], 1.0 / P)
-            Bb, Vb, rec = self.method.backward(solver, tape, out, lam)
-            nonfinite = nonfinite or _nonfinite(p, per[p], Bb, Vb)
+        # summed in prompt order on every rank: the serial run's sums, bit for bit
+        for p, (value, Bb, Vb, n, rec) in enumerate(self._over_prompts(one)):
+            per[p] = value
+            nonfinite = nonfinite or _nonfinite(p, value, Bb, Vb)
             B_bar += Bb
             V_bar += Vb
-            steps += out.steps - st.steps
+            steps += n
             recomputed += rec
         if self._sync():  # refined on the way: again, on the new schedules
             return self.risk_and_grad(heads)

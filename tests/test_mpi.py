@@ -1,0 +1,73 @@
+"""Prompts over MPI ranks: result files identical to a serial run, failures on one rank stop all."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from gridpde.builders import case_document, dump_case, gaussian, mixture, uniform
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install -e '.[mpi]')")
+
+PROMPTS = [gaussian([0.3], [[0.6]]), mixture([0.5, 0.5], [[-1.0], [1.2]], [[[0.3]], [[0.4]]]), uniform([-1.0], [1.5])]
+
+
+def _run(argv, ranks, cwd, timeout=240):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "gridpde", *argv]
+    if ranks > 1:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _datasets(path):
+    out = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        attrs = {k: f.attrs[k] for k in ("status", "depth_done", "train_step") if k in f.attrs}
+    return out, attrs
+
+
+@pytest.mark.parametrize("method, ranks", [("grid", 2), ("particles", 2), ("grid", 4)])
+def test_training_under_mpi_writes_the_serial_runs_file_bit_for_bit(tmp_path, method, ranks):
+    """4 ranks for 3 prompts: one rank idles but takes part in every collective."""
+    doc = case_document(cells=64, box=8.0, prompts=PROMPTS, init=(0.7, 1), teacher=(0.7, 2),
+                        solver={"method": method, "scheme": "upwind", "time": "euler", "tokens": 40,
+                                "mass_tol": 1e-3},
+                        train={"steps": 3, "lr": 0.5, "scheme": "implicit", "inner_steps": 4, "checkpoint_every": 1},
+                        output={"snapshots": 3, "plot": False})
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    serial = _run(["run", str(case), "-o", "serial.h5"], 1, tmp_path)
+    assert serial.returncode == 0, serial.stderr
+    par = _run(["run", str(case), "-o", "mpi.h5"], ranks, tmp_path)
+    assert par.returncode == 0, par.stderr
+    a, attrs_a = _datasets(tmp_path / "serial.h5")
+    b, attrs_b = _datasets(tmp_path / "mpi.h5")
+    assert attrs_a == attrs_b
+    skip = {"train/seconds"}  # wall-clock
+    assert set(a) == set(b)
+    for name in sorted(set(a) - skip):
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    assert par.stderr.count("finished in") == 1  # rank 0 reports
+
+
+def test_a_failure_on_one_rank_stops_every_rank_with_the_same_status(tmp_path):
+    """Mass leaves the box for the prompt near the wall only (rank 1's): every rank exits 1, no hang."""
+    prompts = [gaussian([0.0], [[0.3]]), gaussian([3.2], [[0.3]])]
+    doc = case_document(cells=64, box=4.0, prompts=prompts, init=(0.9, 4), teacher=(0.7, 2),
+                        solver={"scheme": "upwind", "mass_tol": 1e-8}, output={"snapshots": 3, "plot": False})
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    serial = _run(["run", str(case), "-o", "serial.h5"], 1, tmp_path)
+    par = _run(["run", str(case), "-o", "mpi.h5"], 2, tmp_path, timeout=120)
+    assert serial.returncode == 1 and par.returncode == 1, (serial.stderr, par.stderr)
+    assert "prompt 1" in par.stderr and par.stderr.count("gridpde: run failed") == 1
+    with h5py.File(tmp_path / "mpi.h5") as f:
+        assert f.attrs["status"] == "mass_lost"
