@@ -7,7 +7,8 @@ assertion fails on a loaded machine.
     python scripts/bench_direct_vjp.py
 """
 
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -15,14 +16,8 @@ from gridpde.attention.direct import attention_velocity
 from gridpde.attention.direct_vjp import direct_velocity_vjp
 from gridpde.heads import pad3, pad_points
 
-
-def best(f, repeats=5):
-    t = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        t = min(t, time.perf_counter() - t0)
-    return t
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_forward import best_time  # noqa: E402
 
 
 def main():
@@ -34,10 +29,8 @@ def main():
     B = np.ascontiguousarray(pad3(rng.normal(0, 1.0, (M, 2, 2))))
     V = np.ascontiguousarray(pad3(rng.normal(0, 1.0, (M, 2, 2))))
     ubar = np.ascontiguousarray(pad_points(rng.normal(size=(n, 2))))
-    attention_velocity(X, X, w, B, V)
-    direct_velocity_vjp(X, w, B, V, ubar)  # compile / load
-    t_fwd = best(lambda: attention_velocity(X, X, w, B, V))
-    t_vjp = best(lambda: direct_velocity_vjp(X, w, B, V, ubar))
+    t_fwd = best_time(lambda: attention_velocity(X, X, w, B, V), 5)
+    t_vjp = best_time(lambda: direct_velocity_vjp(X, w, B, V, ubar), 5)
     print(f"direct kernel, n = {n}, {M} heads: VJP / forward = {t_vjp / t_fwd:.2f}")
 
 
