@@ -20,6 +20,7 @@ from gridpde.prompts import (
     GaussianPrompt,
     MixturePrompt,
     Prompt,
+    Queries,
     TokensPrompt,
     UniformPrompt,
     normalised_weights,
@@ -44,6 +45,7 @@ from gridpde.spec import (
     check_int,
     check_keys,
     check_str,
+    check_point_losses,
     check_targets,
     fail,
     show,
@@ -114,7 +116,7 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     if "grid" in doc or solver.method == "grid":
         grid = _grid(doc.get("grid", MISSING), dim)
     heads = _model(doc.get("model", MISSING), dim, Path(base_dir))
-    prompts, targets = _prompts(doc.get("prompts", MISSING), dim)
+    prompts, targets, queries = _prompts(doc.get("prompts", MISSING), dim)
     loss = None
     if "loss" in doc:
         loss = _loss(doc["loss"], dim, heads, Path(base_dir))
@@ -122,6 +124,8 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
         msg = "[train]: needs a [loss] table"
         raise CaseError(msg)
     check_targets(targets, loss)
+    if loss is not None:
+        check_point_losses(loss, dim, queries)
     train = _section(doc["train"], "train", TRAIN_KEYS, TrainSpec) if "train" in doc else None
     return Case(
         dim=dim,
@@ -133,6 +137,7 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
         loss=loss,
         train=train,
         targets=targets,
+        queries=queries,
         text=text,
         source=source,
     )
@@ -289,26 +294,67 @@ def _heads(table: dict, where: str, sizes: tuple[int, int, int, int], base_dir: 
 # -------------------------------------------------------------------- loss
 
 
+_LOSS_OWNERS = {"sigma": ("mmd",), "teacher": ("mmd",), "centre": ("potential",), "coords": ("readout",),
+                "map": ("flowmap",), "flowmap_points": ("flowmap",)}
+
+
 def _loss(value: Any, dim: int, model: Heads, base_dir: Path) -> LossSpec:
     table = _table(value, "loss")
-    check_keys(table, ("kind", "sigma", "centre", "teacher"), "loss")
-    kind = check_choice(table.get("kind", "mmd"), "loss.kind", get_args(LossKind))
-    only = {"sigma": "mmd", "centre": "potential", "teacher": "mmd"}
-    for name, owner in only.items():
-        if name in table and kind != owner:
-            expected = f'no {name} with kind = "{kind}" (it is for kind = "{owner}")'
+    check_keys(table, ("kind", "weights", *_LOSS_OWNERS), "loss")
+    kind_value = table.get("kind", "mmd")
+    kinds = kind_value if isinstance(kind_value, list) and kind_value else [kind_value]
+    for k in kinds:
+        check_choice(k, "loss.kind", get_args(LossKind))
+    if len(set(kinds)) != len(kinds):
+        fail("loss.kind", kind_value, "each kind at most once")
+    for name, owners in _LOSS_OWNERS.items():
+        if name in table and not set(owners) & set(kinds):
+            expected = f'no {name} without kind "{owners[0]}" (it is for kind = "{owners[0]}")'
             fail(f"loss.{name}", table[name], expected)
-    if kind == "potential":
-        centre = table.get("centre", [0.0] * dim)
-        return LossSpec(kind=kind, centre=_array(centre, "loss.centre", (dim,)))
-    sigma = check_float(table.get("sigma", 1.0), "loss.sigma", lambda x: x > 0, "a number > 0")
-    teacher = None
+    spec: dict[str, Any] = {"kind": kinds[0] if len(kinds) == 1 else tuple(kinds)}
+    if "weights" in table:
+        w = _array(table["weights"], "loss.weights", (len(kinds),), names="(one per kind)")
+        if not np.all(w >= 0):
+            fail("loss.weights", table["weights"], "numbers >= 0")
+        spec["weights"] = tuple(w.tolist())
+    if "potential" in kinds:
+        spec["centre"] = _array(table.get("centre", [0.0] * dim), "loss.centre", (dim,))
+    if "mmd" in kinds:
+        spec["sigma"] = check_float(table.get("sigma", 1.0), "loss.sigma", lambda x: x > 0, "a number > 0")
     if "teacher" in table:
         t = _table(table["teacher"], "loss.teacher")
         check_keys(t, _HEAD_SOURCES, "loss.teacher")
         sizes = (model.layers, model.width, model.head_dim, dim)
-        teacher = _heads(t, "loss.teacher", sizes, base_dir, model.scale_scores)
-    return LossSpec(kind=kind, sigma=sigma, teacher=teacher)
+        spec["teacher"] = _heads(t, "loss.teacher", sizes, base_dir, model.scale_scores)
+    if "coords" in table:
+        coords = table["coords"]
+        coords = coords if isinstance(coords, list) else [coords]
+        if not coords or len(set(map(str, coords))) != len(coords):
+            fail("loss.coords", table["coords"], f"distinct coordinate indices from 0 to {dim - 1}")
+        spec["coords"] = tuple(check_int(c, "loss.coords", 0, dim - 1) for c in coords)
+    if "flowmap" in kinds:
+        m = _table(table.get("map", MISSING), "loss.map")
+        check_keys(m, ("A", "b"), "loss.map")
+        spec["map_A"] = _array(m.get("A", np.eye(dim).tolist()), "loss.map.A", (dim, dim), ((),) if dim == 1 else ())
+        spec["map_b"] = _array(m.get("b", [0.0] * dim), "loss.map.b", (dim,))
+        spec["flowmap_points"] = check_int(table.get("flowmap_points", 8), "loss.flowmap_points", 1, 64)
+    return LossSpec(**spec)
+
+
+def _queries(value: Any, key: str, dim: int) -> Queries:
+    t = _table(value, key)
+    check_keys(t, ("points", "weights", "labels"), key)
+    also = (("n",),) if dim == 1 else ()
+    points = _array(t.get("points", MISSING), f"{key}.points", ("n", dim), also)
+    n = points.shape[0]
+    weights = None
+    if "weights" in t:
+        weights = _normalised(_array(t["weights"], f"{key}.weights", (n,), names="(n,)"), f"{key}.weights",
+                              t["weights"], positive=False)
+    labels = None
+    if "labels" in t:
+        labels = _array(t["labels"], f"{key}.labels", (n, "c"), ((n,),), names="(n, c)")
+    return Queries(points=points, weights=weights, labels=labels)
 
 
 # ----------------------------------------------------------------- prompts
@@ -384,14 +430,16 @@ def _prompt(value: Any, key: str, dim: int, extra: tuple[str, ...] = ()) -> Prom
     return parse(table, key, dim)
 
 
-def _prompts(value: Any, dim: int) -> tuple[tuple[Prompt, ...], tuple[Prompt | None, ...]]:
-    """The prompts and, per prompt, its ``target`` measure or None."""
+def _prompts(value: Any, dim: int) -> tuple[tuple[Prompt, ...], tuple[Prompt | None, ...], tuple[Queries | None, ...]]:
+    """The prompts and, per prompt, its ``target`` measure or None and its ``queries`` or None."""
     if not (isinstance(value, list) and value):
         fail("prompts", value, "at least one [[prompts]] table")
-    prompts, targets = [], []
+    prompts, targets, queries = [], [], []
     for i, item in enumerate(value):
         key = f"prompts[{i}]"
-        prompts.append(_prompt(item, key, dim, extra=("target",)))
+        prompts.append(_prompt(item, key, dim, extra=("target", "queries")))
         target = item.get("target")
         targets.append(None if target is None else _prompt(target, f"{key}.target", dim))
-    return tuple(prompts), tuple(targets)
+        q = item.get("queries")
+        queries.append(None if q is None else _queries(q, f"{key}.queries", dim))
+    return tuple(prompts), tuple(targets), tuple(queries)

@@ -22,7 +22,8 @@ import numpy as np
 from gridpde.heads import Heads
 from gridpde.io.snapshots import Snapshots
 from gridpde.measures import Measure
-from gridpde.prompts import Prompt
+from gridpde.objective.losses import Labelled, Objective
+from gridpde.prompts import Prompt, Queries
 from gridpde.spec import Case
 
 OnStep = Callable[[float, int], None]
@@ -49,17 +50,62 @@ class Method(ABC):
 
     # ------------------------------------------------------------ states
     @abstractmethod
-    def initial(self, prompt: Prompt, where: str, seed: int) -> Any:
-        """The state of one prompt at s = 0 (``where`` names it in messages, ``seed`` for sampling)."""
+    @abstractmethod
+    def initial(self, prompt: Prompt, where: str, seed: int, queries: Queries | None = None,
+                flow: bool = True) -> Any:
+        """The state of one prompt at s = 0 (``where`` names it in messages, ``seed`` for sampling),
+        with its query tokens and (``flow``) the points the flow-map risk tracks."""
 
-    def initial_states(self, prompts: Sequence[Prompt], seed_offset: int = 0, where: str = "prompts") -> list:
+    def initial_states(self, prompts: Sequence[Prompt], seed_offset: int = 0, where: str = "prompts",
+                       queries: Sequence[Queries | None] | None = None, flow: bool = True) -> list:
         """:meth:`initial` of every prompt (prompt i gets seed ``solver.seed + seed_offset + i``)."""
         seed = self.case.solver.seed + seed_offset
-        return [self.initial(p, f"{where}[{i}]", seed + i) for i, p in enumerate(prompts)]
+        queries = queries or [None] * len(prompts)
+        return [self.initial(p, f"{where}[{i}]", seed + i, q, flow)
+                for i, (p, q) in enumerate(zip(prompts, queries))]
+
+    def case_states(self, flow: bool = True) -> list:
+        """The initial states of the case's prompts with their queries (and the flow-map points)."""
+        return self.initial_states(self.case.prompts, queries=self.case.queries, flow=flow)
 
     @abstractmethod
     def measure(self, state) -> Measure:
         """The state as the measure losses and diagnostics read."""
+
+    @abstractmethod
+    def points(self, state) -> np.ndarray | None:
+        """The tracked points (n, d) the point losses read (rows named by ``state.labelled``), or None."""
+
+    def queries(self, state) -> np.ndarray | None:
+        """The prompt's query tokens (q, d) in ``state``, or None."""
+        X = self.points(state)
+        return None if X is None or state.query_rows is None else X[state.query_rows]
+
+    def value(self, objective: Objective, state, target: Measure | None) -> float:
+        """The objective F at ``state`` (measure terms against ``target``, point terms on the tracked points)."""
+        return objective.value(self.measure(state), target, self.points(state), state.labelled)
+
+    def labelled_sets(self, queries: Queries | None, query_row: int, flow: tuple | None, flow_row: int):
+        """What the case's point losses track, as {name: Labelled}, for queries placed at rows
+        ``query_row`` onwards and flow-map points ``flow`` = (X0, w0) at rows ``flow_row`` onwards."""
+        loss = self.case.loss
+        sets = {}
+        if queries is not None and queries.labels is not None and loss is not None and "readout" in loss.kinds:
+            coords = loss.coords if loss.coords is not None else (self.case.dim - 1,)
+            sets["readout"] = Labelled(slice(query_row, query_row + len(queries)), queries.weights,
+                                       queries.labels, coords)
+        if flow is not None:
+            X0, w0 = flow
+            A, b = loss.target_map(self.case.dim)
+            sets["flowmap"] = Labelled(slice(flow_row, flow_row + len(w0)), w0 / w0.sum(), X0 @ A.T + b)
+        return sets
+
+    def flow_points(self, prompt: Prompt):
+        """(X0, w0): the Gauss rule of the prompt the grid's flow-map risk tracks, or None without one."""
+        loss = self.case.loss
+        if loss is None or "flowmap" not in loss.kinds:
+            return None
+        return prompt.gauss_tokens(loss.flowmap_points)
 
     # ------------------------------------------------------------ forward
     @abstractmethod
@@ -106,11 +152,11 @@ class Method(ABC):
         """An empty tape for :meth:`solve`."""
 
     @abstractmethod
-    def cotangent(self, loss, state, target: Measure | None, scale: float) -> np.ndarray:
+    def cotangent(self, objective: Objective, state, target: Measure | None, scale: float):
         """``scale`` times dF/d(state) at s = 1: the adjoint's final value."""
 
     @abstractmethod
-    def backward(self, solver, tape, state, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    def backward(self, solver, tape, state, lam) -> tuple[np.ndarray, np.ndarray, int]:
         """(dR/dB, dR/dV, steps recomputed) from the cotangent ``lam`` of the output state."""
 
     @abstractmethod
@@ -148,3 +194,9 @@ def make_method(case: Case, name: str | None = None) -> Method:
 
         return ParticleMethod(case)
     raise ValueError(f"method = {name!r}: expected \"grid\" or \"particles\"")
+
+
+def query_count(method: Method, states: list) -> int:
+    """The largest number of query tokens of any state (0: none)."""
+    counts = [st.query_rows.stop - st.query_rows.start for st in states if st.query_rows is not None]
+    return max(counts, default=0)

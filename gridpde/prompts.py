@@ -276,6 +276,55 @@ class TokensPrompt(_PromptMethods):
 
 
 Prompt = GaussianPrompt | MixturePrompt | UniformPrompt | TokensPrompt
+
+
+@dataclass(frozen=True, eq=False)
+class Queries:
+    """Query tokens of a prompt: points that move with the prompt's velocity field but carry no mass.
+
+    points (n, d); weights (n,) >= 0, normalised to sum 1 (default: equal);
+    labels (n, c) or None: what the readout loss compares the selected
+    coordinates of the queries at s = 1 with.
+    """
+
+    points: np.ndarray
+    weights: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        X = np.array(self.points, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
+            raise ValueError(f"Queries.points: expected finite (n, d), got shape {np.shape(self.points)}")
+        _check_dim(X.shape[1], "Queries.points")
+        n = X.shape[0]
+        w = np.full(n, 1.0 / n) if self.weights is None else np.array(self.weights, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"Queries.weights: expected shape ({n},), got {w.shape}")
+        try:
+            w = normalised_weights(w, positive=False)
+        except ValueError as exc:
+            raise ValueError(f"Queries.weights: expected {exc}") from None
+        labels = self.labels
+        if labels is not None:
+            labels = np.array(labels, dtype=np.float64)
+            if labels.ndim == 1:
+                labels = labels[:, None]
+            if labels.ndim != 2 or labels.shape[0] != n or not np.all(np.isfinite(labels)):
+                raise ValueError(f"Queries.labels: expected finite (n, c) with n = {n}, got shape "
+                                 f"{np.shape(self.labels)}")
+            labels = _frozen(labels)
+        object.__setattr__(self, "points", _frozen(X))
+        object.__setattr__(self, "weights", _frozen(w))
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
 PROMPT_KINDS = {cls.kind: cls for cls in (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from gridpde.errors import CaseError
 from gridpde.heads import Heads
-from gridpde.prompts import Prompt, TokenInit
+from gridpde.prompts import Prompt, Queries, TokenInit
 
 Scheme = Literal["upwind", "muscl"]
 Limiter = Literal["minmod", "mc", "vanleer"]
@@ -26,7 +26,10 @@ Method = Literal["grid", "particles"]
 Integrator = Literal["euler", "rk4"]
 Quadrature = Literal["deconvolved", "midpoint"]
 Attention = Literal["exact", "table", "auto"]
-LossKind = Literal["mmd", "potential"]
+LossKind = Literal["mmd", "potential", "readout", "flowmap"]
+#: losses of the output measure, and losses of tracked points (queries, or tokens with labels)
+MEASURE_KINDS = ("mmd", "potential")
+POINT_KINDS = ("readout", "flowmap")
 TrainScheme = Literal["explicit", "implicit"]
 
 
@@ -224,22 +227,52 @@ class SolverSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """[loss]: MMD with a Gaussian kernel of bandwidth ``sigma``, or the
-    potential U(x) = 1/2 |x - centre|^2. ``teacher``: heads whose outputs on
-    the same prompts (same solver) are the targets of prompts without a
-    ``target`` of their own.
+    """[loss]: F = sum_k weights_k F_k over one or more kinds (docs/model.md section 3).
+
+    - ``mmd``: MMD with a Gaussian kernel of bandwidth ``sigma`` to a target
+      measure, or to the output of ``teacher`` heads on the same prompts
+      (same solver) for prompts without a ``target`` of their own;
+    - ``potential``: U(x) = 1/2 |x - centre|^2 integrated against the output;
+    - ``readout``: the weighted mean over a prompt's queries of
+      |P X_q(1) - y_q|^2, P selecting the coordinates ``coords`` (default:
+      the last one);
+    - ``flowmap``: int |X_1(x) - T(x)|^2 dmu_0(x) for the affine map
+      T(x) = map_A x + map_b (particles: every token with its label; grid:
+      mass-free query tokens at a tensor Gauss rule of mu_0, ``flowmap_points``
+      per axis).
+
+    ``kind`` is one name or a tuple of names; ``weights`` (default: ones)
+    gives each its factor.
     """
 
-    kind: LossKind = "mmd"
+    kind: LossKind | tuple[LossKind, ...] = "mmd"
     sigma: float = 1.0  # mmd only
     centre: np.ndarray | None = None  # (d,), potential only (read as the origin if not given)
     teacher: Heads | None = None
+    weights: tuple[float, ...] | None = None
+    coords: tuple[int, ...] | None = None  # readout: 0-based coordinates (default: the last)
+    map_A: np.ndarray | None = None  # flowmap: T(x) = map_A x + map_b
+    map_b: np.ndarray | None = None
+    flowmap_points: int = 8  # flowmap on the grid: Gauss points per axis (and per mixture component)
 
     def __post_init__(self):
-        kind = check_choice(self.kind, "loss.kind", get_args(LossKind))
+        kinds = (self.kind,) if isinstance(self.kind, str) else tuple(self.kind)
+        if not kinds:
+            fail("loss.kind", list(kinds), "one kind or a list of kinds")
+        for k in kinds:
+            check_choice(k, "loss.kind", get_args(LossKind))
+        if len(set(kinds)) != len(kinds):
+            fail("loss.kind", list(kinds), "each kind at most once")
+        object.__setattr__(self, "kind", kinds[0] if len(kinds) == 1 else kinds)
         check_float(self.sigma, "loss.sigma", lambda x: x > 0, "a number > 0")
-        if kind != "mmd" and self.teacher is not None:
-            fail("loss.teacher", self.teacher, 'no teacher with kind = "potential" (it is for kind = "mmd")')
+        if self.weights is not None:
+            weights = tuple(check_float(w, "loss.weights", lambda x: x >= 0, "numbers >= 0")
+                            for w in np.atleast_1d(self.weights))
+            if len(weights) != len(kinds):
+                fail("loss.weights", list(weights), f"one number >= 0 per kind ({len(kinds)})")
+            object.__setattr__(self, "weights", weights)
+        if "mmd" not in kinds and self.teacher is not None:
+            fail("loss.teacher", self.teacher, 'no teacher without kind "mmd" (it gives the MMD targets)')
         if self.centre is not None:
             centre = np.array(self.centre, dtype=np.float64)
             if centre.ndim != 1 or not np.all(np.isfinite(centre)):
@@ -248,6 +281,37 @@ class LossSpec:
             object.__setattr__(self, "centre", centre)
         if self.teacher is not None and not isinstance(self.teacher, Heads):
             fail("loss.teacher", self.teacher, "Heads")
+        if self.coords is not None:
+            coords = tuple(check_int(c, "loss.coords", 0, 2) for c in np.atleast_1d(self.coords).tolist())
+            if not coords or len(set(coords)) != len(coords):
+                fail("loss.coords", list(coords), "distinct coordinate indices 0, 1 or 2")
+            object.__setattr__(self, "coords", coords)
+        for name in ("map_A", "map_b"):
+            value = getattr(self, name)
+            if value is not None:
+                arr = np.array(value, dtype=np.float64)
+                if not np.all(np.isfinite(arr)):
+                    fail(f"loss.{name}", value, "finite numbers")
+                arr.setflags(write=False)
+                object.__setattr__(self, name, arr)
+        check_int(self.flowmap_points, "loss.flowmap_points", 1, 64)
+        if "flowmap" in kinds and self.map_A is None and self.map_b is None:
+            fail("loss.map", MISSING, "the target map { A = [[...]], b = [...] } for kind \"flowmap\"")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (self.kind,) if isinstance(self.kind, str) else tuple(self.kind)
+
+    @property
+    def factors(self) -> tuple[float, ...]:
+        """The weight of each kind, in the order of :attr:`kinds`."""
+        return self.weights if self.weights is not None else (1.0,) * len(self.kinds)
+
+    def target_map(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(A (d, d), b (d,)) of the flowmap's T(x) = A x + b (identity and zero where not given)."""
+        A = np.eye(dim) if self.map_A is None else self.map_A
+        b = np.zeros(dim) if self.map_b is None else self.map_b
+        return A, b
 
 
 @dataclass(frozen=True)
@@ -309,6 +373,8 @@ class Case:
     train: TrainSpec | None = None
     #: per prompt, its own target measure (a prompt-kind measure) or None
     targets: tuple[Prompt | None, ...] = ()
+    #: per prompt, its query tokens or None
+    queries: tuple[Queries | None, ...] = ()
     text: str = ""
     source: str = ""
 
@@ -324,6 +390,12 @@ class Case:
         targets = tuple(self.targets) or (None,) * len(prompts)
         if len(targets) != len(prompts):
             fail("targets", targets, f"one entry (a measure or None) per prompt ({len(prompts)})")
+        queries = tuple(self.queries) or (None,) * len(prompts)
+        if len(queries) != len(prompts):
+            fail("queries", queries, f"one entry (Queries or None) per prompt ({len(prompts)})")
+        for i, q in enumerate(queries):
+            if q is not None and (not isinstance(q, Queries) or q.dim != dim):
+                fail(f"prompts[{i}].queries", q, f"Queries of {dim}-D points")
         for i, p in enumerate((*prompts, *targets)):
             key = f"prompts[{i}]" if i < len(prompts) else f"prompts[{i - len(prompts)}].target"
             if p is not None and getattr(p, "dim", None) != dim:
@@ -339,24 +411,48 @@ class Case:
                 fail("loss.teacher", t, f"heads of the model's shapes {h!r}")
         if loss is not None and loss.centre is not None and loss.centre.shape != (dim,):
             fail("loss.centre", loss.centre, f"({dim},)")
+        if loss is not None:
+            check_point_losses(loss, dim, queries)
         if self.train is not None and loss is None:
             raise CaseError("[train]: needs a [loss] table")
         check_targets(targets, loss)
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "queries", queries)
+
+
+def check_point_losses(loss: LossSpec, dim: int, queries: tuple[Queries | None, ...]) -> None:
+    """readout needs labelled queries on every prompt, of as many columns as coords; flowmap a (d, d) map."""
+    if "readout" in loss.kinds:
+        coords = loss.coords if loss.coords is not None else (dim - 1,)
+        if max(coords) >= dim:
+            fail("loss.coords", list(coords), f"coordinate indices below dim = {dim}")
+        for i, q in enumerate(queries):
+            key = f"prompts[{i}].queries"
+            if q is None or q.labels is None:
+                fail(f"{key}.labels", MISSING, 'labelled queries on every prompt for [loss] kind "readout"')
+            if q.labels.shape[1] != len(coords):
+                fail(f"{key}.labels", q.labels, f"{len(coords)} label column(s), one per loss.coords entry "
+                     f"{list(coords)}")
+    if "flowmap" in loss.kinds:
+        A, b = loss.target_map(dim)
+        if A.shape != (dim, dim):
+            fail("loss.map.A", A, f"a ({dim}, {dim}) matrix")
+        if b.shape != (dim,):
+            fail("loss.map.b", b, f"({dim},)")
 
 
 def check_targets(targets: tuple[Prompt | None, ...], loss: LossSpec | None) -> None:
-    """Targets need a [loss]; mmd needs one per prompt unless a teacher is given."""
+    """Targets need a [loss] of kind "mmd"; mmd needs one per prompt unless a teacher is given."""
     for i, target in enumerate(targets):
         key = f"prompts[{i}].target"
         if target is not None and loss is None:
             msg = f"{key}: needs a [loss] table"
             raise CaseError(msg)
-        if target is not None and loss is not None and loss.kind == "potential":
-            msg = f'{key}: expected no target with [loss] kind = "potential"'
+        if target is not None and loss is not None and "mmd" not in loss.kinds:
+            msg = f'{key}: expected no target without [loss] kind "mmd" (a target is what the MMD compares with)'
             raise CaseError(msg)
-        if target is None and loss is not None and loss.kind == "mmd" and loss.teacher is None:
+        if target is None and loss is not None and "mmd" in loss.kinds and loss.teacher is None:
             fail(key, MISSING, 'a target measure (or a [loss.teacher] table) for kind = "mmd"')
 
 

@@ -88,8 +88,9 @@ def test_vjp_is_the_transpose_of_the_jvp(rng, shape, scale, deconvolve, M):
 def test_kernel_matches_numpy_vjp_twin(rng, shape, scale):
     targets, w, ys, B, V, h, _ = _problem(rng, shape, scale)
     ubar = rng.normal(size=(len(targets), 3))
-    got = tensor_velocity_vjp(targets, w, *ys, B, V, h, ubar)
+    got = tensor_velocity_vjp(targets, w, *ys, B, V, h, ubar, with_targets=True)
     want = tensor_velocity_vjp_numpy(targets, w, *ys, B, V, h, ubar)
+    assert len(got) == len(want) == 4
     # at scale 150 the exponents are ~1e3: exp() itself is then only good to ~1e-13
     tol = 1e-12 if scale == 1.0 else 2e-11
     for g, ref in zip(got, want):
@@ -109,6 +110,24 @@ def test_jvp_matches_central_differences(rng, shape, deconvolve, zeros):
           - _forward(targets, w - eps * dw, ys, B - eps * dB, V - eps * dV, h)) / (2 * eps)  # fmt: skip
     jv = tensor_velocity_jvp_numpy(targets, w, *ys, B, V, h, dw, dB, dV)
     assert np.abs(fd - jv).max() <= 1e-8 * np.abs(jv).max()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("deconvolve", [False, True])
+def test_target_cotangent_matches_central_differences(rng, shape, deconvolve):
+    """x_bar (query tokens are moving targets): <ubar, d out> for a move dX of the targets."""
+    targets, w, ys, B, V, h, ix = _problem(rng, shape)
+    h = h if deconvolve else np.zeros(3)
+    live = [a for a, n in enumerate(shape) if n > 1]
+    dX = np.zeros_like(targets)
+    dX[:, live] = rng.normal(size=(len(targets), len(live)))
+    ubar = rng.normal(size=(len(targets), 3))
+    *_, xbar = tensor_velocity_vjp(targets, w, *ys, B, V, h, ubar, with_targets=True)
+    eps = 1e-6
+    fd = np.sum(ubar * (_forward(targets + eps * dX, w, ys, B, V, h)
+                        - _forward(targets - eps * dX, w, ys, B, V, h))) / (2 * eps)  # fmt: skip
+    assert abs(fd - np.sum(xbar * dX)) <= 1e-8 * np.abs(xbar * dX).sum()
+    assert np.all(xbar[:, [a for a in range(3) if a not in live]] == 0.0)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -289,7 +289,7 @@ def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
 
 
 @kernel(parallel=True)
-def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
+def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar, xbar):
     """Per-part cotangents of :func:`tensor_velocity`; see the module docstring.
 
     Args:
@@ -297,7 +297,10 @@ def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
         ubar: (T, 3) cotangent of out.
         wbar: (P, n0, n1, n2) zeroed; part p accumulates into wbar[p].
         Bbar, Vbar: (P, M, 3, 3) zeroed, likewise.
+        xbar: (T, 3) zeroed: the targets' cotangents sum_j B_j^T z_bar_j
+            (each target belongs to one part, so no race), or (0, 3) to skip them.
     """
+    want_x = xbar.shape[0] > 0
     T = targets.shape[0]
     M = B.shape[0]
     n0, n1, n2 = w.shape
@@ -407,6 +410,11 @@ def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
                     Bb[2, 0] += zb2 * x0
                     Bb[2, 1] += zb2 * x1
                     Bb[2, 2] += zb2 * x2
+                    if want_x:
+                        xb0, xb1, xb2 = rmatvec3(B, j, zb0, zb1, zb2)
+                        xbar[t, 0] += xb0
+                        xbar[t, 1] += xb1
+                        xbar[t, 2] += xb2
         if npend > 0:
             _flush(wb, pe2, pe2y, pal, pbe, npend)
 
@@ -415,8 +423,11 @@ def _tensor_vjp(targets, w, y0, y1, y2, B, V, h, ubar, wbar, Bbar, Vbar):
 PARTS = 8
 
 
-def tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar):
+def tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar, with_targets: bool = False):
     """(w_bar, B_bar, V_bar): cotangents of :func:`tensor_velocity` for a cotangent ubar of out.
+
+    With ``with_targets`` also x_bar (T, 3), the targets' cotangents (query tokens
+    are moving targets; face centres are fixed and skip it).
 
     Args:
         targets: (T, 3) padded target points x (fixed).
@@ -436,12 +447,15 @@ def tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar):
     wbar = np.zeros((parts, *w.shape))
     Bbar = np.zeros((parts, M, 3, 3))
     Vbar = np.zeros((parts, M, 3, 3))
+    xbar = np.zeros((targets.shape[0] if with_targets else 0, 3))
 
     def arr(x):
         return np.ascontiguousarray(x, dtype=float)
 
-    _tensor_vjp(arr(targets), w, arr(y0), arr(y1), arr(y2), arr(B), arr(V), arr(h), arr(ubar), wbar, Bbar, Vbar)
-    return wbar.sum(axis=0), Bbar.sum(axis=0), Vbar.sum(axis=0)
+    _tensor_vjp(arr(targets), w, arr(y0), arr(y1), arr(y2), arr(B), arr(V), arr(h), arr(ubar), wbar, Bbar, Vbar,
+                xbar)
+    out = wbar.sum(axis=0), Bbar.sum(axis=0), Vbar.sum(axis=0)
+    return (*out, xbar) if with_targets else out
 
 
 # ---------------------------------------------------------------- numpy twins
@@ -531,16 +545,23 @@ def tensor_velocity_jvp_numpy(targets, w, y0, y1, y2, B, V, h, dw, dB, dV):
 
 
 def tensor_velocity_vjp_numpy(targets, w, y0, y1, y2, B, V, h, ubar):
-    """Plain-numpy twin of :func:`tensor_velocity_vjp` (tests only; (T, N) matrices)."""
+    """Plain-numpy twin of :func:`tensor_velocity_vjp` with ``with_targets`` (tests only; (T, N) matrices).
+
+    Returns:
+        w_bar, B_bar, V_bar, x_bar.
+    """
     Y = _sources(w, y0, y1, y2)
     M = B.shape[0]
     wbar = np.zeros(w.size)
     Bbar = np.zeros((M, 3, 3))
     Vbar = np.zeros((M, 3, 3))
+    xbar = np.zeros(targets.shape)
     for j in range(M):
         _, q, E, Cov, g, gp = _head_numpy(targets, w, Y, B[j], h)
         c = ubar @ V[j] / M
         Vbar[j] = ubar.T @ (E - g) / M
         wbar += (q * (c @ Y.T - (E * c).sum(axis=1)[:, None])).sum(axis=0)
-        Bbar[j] = (np.einsum("tab,tb->ta", Cov, c) - gp * c).T @ targets
-    return wbar.reshape(w.shape), Bbar, Vbar
+        zbar = np.einsum("tab,tb->ta", Cov, c) - gp * c
+        Bbar[j] = zbar.T @ targets
+        xbar += zbar @ B[j]
+    return wbar.reshape(w.shape), Bbar, Vbar, xbar

@@ -27,8 +27,10 @@ import numpy as np
 
 from gridpde.attention.table import evaluate_vjp
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
-from gridpde.grid.forward import GridForward, StepRecord, Tape
+from gridpde.grid.forward import GridForward, Tape
+from gridpde.grid.queries import stage_vjp
 from gridpde.grid.transport_vjp import transport_vjp
+from gridpde.heads import pad_points
 
 
 def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.ndarray, layer: int,
@@ -57,22 +59,16 @@ def rhs_vjp(solver: GridForward, u: np.ndarray, faces: list[np.ndarray], mu: np.
     return rho_bar, B_bar, V_bar
 
 
-def _stages(solver: GridForward, rec: StepRecord):
-    """The step's stage inputs and face velocities: recorded, or recomputed bit for bit."""
-    if rec.stages is not None:
-        return rec.stages
-    stages: list = []
-    solver.step(rec.start, rec.dt, rec.layer, None, stages)
-    return stages
-
-
-def backward(solver: GridForward, tape: Tape, lam: np.ndarray):
+def backward(solver: GridForward, tape: Tape, lam: np.ndarray, xi: np.ndarray | None = None,
+             history: list | None = None):
     """Run the adjoint from s = 1 back to s = 0.
 
     Args:
         solver: the forward solver that filled ``tape``.
         tape: the recorded forward steps.
         lam: dR/drho at the final state (shape of the grid).
+        xi: dR/dX of query tokens at the final state (n, d), or None (no queries).
+        history: the queries' stage inputs per step (:func:`gridpde.grid.queries.advect`).
 
     Returns:
         (dR/drho(0), dR/dB (L, M, d, d), dR/dV (L, M, d, d)).
@@ -82,12 +78,18 @@ def backward(solver: GridForward, tape: Tape, lam: np.ndarray):
     B_bar = np.zeros((L, M, 3, 3))
     V_bar = np.zeros((L, M, 3, 3))
     coeffs = solver.coeffs
-    for rec in reversed(tape.steps):
-        stages = _stages(solver, rec)
+    if xi is not None:
+        xi = pad_points(xi)
+    for i in range(len(tape.steps) - 1, -1, -1):
+        rec = tape.steps[i]
+        stages = solver.stages_of(rec)
         if rec.stages is None:
             tape.recomputed += 1
         lam_n = np.zeros_like(lam)
         lam_k = lam
+        xi_n = xi_k = None
+        if xi is not None:
+            xi_n, xi_k = np.zeros_like(xi), xi
         for k in range(len(coeffs) - 1, -1, -1):
             a = coeffs[k]
             if a:
@@ -95,8 +97,19 @@ def backward(solver: GridForward, tape: Tape, lam: np.ndarray):
             mu = (1.0 - a) * lam_k
             u_in, faces, table = stages[k]
             rho_bar, Bb, Vb = rhs_vjp(solver, u_in, faces, mu, rec.layer, table)
+            if xi is not None:
+                if a:
+                    xi_n += a * xi_k
+                nu = (1.0 - a) * xi_k
+                q_rho, qB, qV, qX = stage_vjp(solver, u_in, history[i][k], nu, rec.layer)
+                rho_bar = rho_bar + q_rho
+                Bb = Bb + qB
+                Vb = Vb + qV
+                xi_k = nu + rec.dt * qX
             lam_k = mu + rec.dt * rho_bar
             B_bar[rec.layer] += rec.dt * Bb
             V_bar[rec.layer] += rec.dt * Vb
         lam = lam_n + lam_k
+        if xi is not None:
+            xi = xi_n + xi_k
     return lam, B_bar[:, :, 3 - d :, 3 - d :], V_bar[:, :, 3 - d :, 3 - d :]

@@ -97,6 +97,8 @@ class Tape:
         self.steps: list[StepRecord] = []
         self.bytes = 0
         self.recomputed = 0
+        #: the tracked points' stage inputs per step (:func:`gridpde.grid.queries.advect`), if any
+        self.query_history: list | None = None
 
     def add(self, rec: StepRecord) -> None:
         size = rec.start.nbytes
@@ -230,6 +232,14 @@ class GridForward:
                 nout = (1 - a) * nout
             u, out = nu, nout
         return u, out, courant
+
+    def stages_of(self, rec: StepRecord) -> list:
+        """A recorded step's (stage input, face velocities, table) triples: kept, or recomputed bit for bit."""
+        if rec.stages is not None:
+            return rec.stages
+        out: list = []
+        self.step(rec.start, rec.dt, rec.layer, None, out)
+        return out
 
     def advance(
         self,

@@ -13,7 +13,7 @@ discrete map changed, and the caller evaluates again.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,10 +21,11 @@ from gridpde.errors import CaseError, MassLost
 from gridpde.grid.adjoint import backward
 from gridpde.grid.forward import GridForward, Tape
 from gridpde.grid.mesh import Grid
+from gridpde.grid.queries import advect
 from gridpde.heads import Heads
 from gridpde.io.snapshots import Snapshots
 from gridpde.measures import GridMeasure
-from gridpde.method import Method
+from gridpde.method import Method, query_count
 from gridpde.prompts import cell_averages
 
 
@@ -34,11 +35,22 @@ GRID_ARRAYS = 48
 
 @dataclass
 class GridState:
-    """rho: cell averages; mass_out: mass that left the box (at s = 0 included); steps: depth steps."""
+    """rho: cell averages; mass_out: mass that left the box (at s = 0 included); steps: depth steps.
+
+    points: mass-free tracked points (n, d) moved by the density's field (the prompt's queries at
+    ``query_rows``, then the flow-map risk's Gauss points), or None; labelled: what the point losses
+    read of them ({name: Labelled}).
+    """
 
     rho: np.ndarray
     mass_out: float = 0.0
     steps: int = 0
+    points: np.ndarray | None = None
+    labelled: dict = field(default_factory=dict)
+    query_rows: slice | None = None
+
+    def moved(self, rho, lost: float, steps: int, points) -> GridState:
+        return GridState(rho, self.mass_out + lost, self.steps + steps, points, self.labelled, self.query_rows)
 
 
 class GridMethod(Method):
@@ -58,12 +70,35 @@ class GridMethod(Method):
         self._schedules: list[list[int]] | None = None
         self.version = 0
 
-    def initial(self, prompt, where, seed) -> GridState:
+    def initial(self, prompt, where, seed, queries=None, flow=True) -> GridState:
         rho, outside = cell_averages(prompt, self.grid, where)
-        return GridState(rho, outside)
+        blocks = [] if queries is None else [queries.points]
+        nq = 0 if queries is None else len(queries)
+        flow = self.flow_points(prompt) if flow else None
+        if flow is not None:
+            blocks.append(flow[0])
+        points = np.concatenate(blocks) if blocks else None
+        return GridState(rho, outside, 0, points, self.labelled_sets(queries, 0, flow, nq),
+                         slice(0, nq) if queries is not None else None)
 
     def measure(self, state: GridState) -> GridMeasure:
         return GridMeasure(self.grid, state.rho)
+
+    def points(self, state: GridState):
+        return state.points
+
+    def _run(self, solver: GridForward, state: GridState, s0: float, s1: float, on_step=None, tape=None,
+             schedule=None) -> tuple[GridState, list | None]:
+        """The density from s0 to s1 and the tracked points after it over its steps (a tape is kept
+        for them); returns the new state and the points' stage inputs (None without points)."""
+        if state.points is None:
+            rho, lost, n = solver.solve(state.rho, s0, s1, on_step, tape, schedule)
+            return state.moved(rho, lost, n, None), None
+        tape = tape if tape is not None else self.new_tape()
+        first = len(tape.steps)
+        rho, lost, n = solver.solve(state.rho, s0, s1, on_step, tape, schedule)
+        points, history = advect(solver, tape.steps[first:], state.points)
+        return state.moved(rho, lost, n, points), history
 
     def solver(self, heads: Heads) -> GridForward:
         sv = self.case.solver
@@ -77,8 +112,7 @@ class GridMethod(Method):
                 "attention_fallback_reason": st.fallback_reason}
 
     def advance(self, solver: GridForward, state: GridState, s0, s1, on_step=None) -> GridState:
-        rho, lost, n = solver.solve(state.rho, s0, s1, on_step)
-        return GridState(rho, state.mass_out + lost, state.steps + n)
+        return self._run(solver, state, s0, s1, on_step)[0]
 
     # ------------------------------------------------------------ schedules
     def plan(self, heads, states, ranks=None) -> None:
@@ -123,10 +157,12 @@ class GridMethod(Method):
     def solve(self, solver: GridForward, state: GridState, p: int, tape=None) -> GridState:
         """Prompt p on its schedule; a doubling for positivity refines the schedule for good."""
         sched = list(self._schedules[p]) if self._schedules is not None else []
-        rho, lost, n = solver.solve(state.rho, 0.0, 1.0, tape=tape, schedule=sched)
+        out, history = self._run(solver, state, 0.0, 1.0, tape=tape, schedule=sched)
+        if tape is not None:
+            tape.query_history = history
         if self._schedules is not None and sched != self._schedules[p]:
             self.use_schedules([sched if q == p else s for q, s in enumerate(self._schedules)])
-        return GridState(rho, state.mass_out + lost, state.steps + n)
+        return out
 
     def depth_steps(self, states) -> int:
         return sum(map(sum, self._schedules)) if self._schedules is not None else 0
@@ -143,11 +179,16 @@ class GridMethod(Method):
     def new_tape(self) -> Tape:
         return Tape(self.case.solver.adjoint_memory_mb * 2**20)
 
-    def cotangent(self, loss, state: GridState, target, scale: float) -> np.ndarray:
-        return loss.first_variation(self.measure(state), target) * (self.grid.cell_volume * scale)
+    def cotangent(self, objective, state: GridState, target, scale: float):
+        """(dF/drho, dF/dpoints or None), times ``scale``."""
+        fv = objective.first_variation(self.measure(state), target)
+        lam = np.zeros(self.grid.shape) if fv is None else fv * (self.grid.cell_volume * scale)
+        xi = objective.point_grad(state.points, state.labelled)
+        return lam, None if xi is None else xi * scale
 
     def backward(self, solver: GridForward, tape: Tape, state: GridState, lam):
-        _, B_bar, V_bar = backward(solver, tape, lam)
+        lam_rho, xi = lam
+        _, B_bar, V_bar = backward(solver, tape, lam_rho, xi, tape.query_history)
         return B_bar, V_bar, tape.recomputed
 
     def memory(self):
@@ -163,16 +204,22 @@ class GridMethod(Method):
     def snapshots(self, depth, states) -> Snapshots:
         g = self.grid
         return Snapshots.empty(depth, len(states), g.dim, cells=g.shape,
-                               centres=tuple(g.centres(a) for a in range(g.dim)))
+                               centres=tuple(g.centres(a) for a in range(g.dim)), queries=query_count(self, states))
 
     def record(self, snaps: Snapshots, k: int, p: int, state: GridState) -> None:
         snaps.density[p, k] = state.rho
         snaps.mass_out[p, k] = state.mass_out
         snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = self.grid.moments(state.rho)
         snaps.steps[p, k] = state.steps
+        snaps.record_queries(k, p, self.queries(state))
 
     def restore(self, snaps: Snapshots, k: int, p: int, like: GridState) -> GridState:
-        return GridState(np.array(snaps.density[p, k]), float(snaps.mass_out[p, k]), int(snaps.steps[p, k]))
+        """The state at snapshot k (its queries included; flow-map points are not recorded)."""
+        points = None
+        if like.query_rows is not None:
+            points = np.array(snaps.queries[p, k, : like.query_rows.stop])
+        return GridState(np.array(snaps.density[p, k]), float(snaps.mass_out[p, k]), int(snaps.steps[p, k]),
+                         points, {}, like.query_rows)
 
 
 

@@ -31,6 +31,7 @@ class Snapshots:
         positions: (P, S, T, d) token positions, or None for the grid.
         weights: (P, T) token weights, or None for the grid.
         steps: (P, S) cumulative depth steps taken when each snapshot was taken.
+        queries: (P, S, Q, d) query token positions (NaN past a prompt's own count), or None.
         done: number of depths filled.
         status: why the run ended (or "running").
         message: one line for the user about the status.
@@ -46,6 +47,7 @@ class Snapshots:
     positions: np.ndarray | None = None
     weights: np.ndarray | None = None
     steps: np.ndarray | None = None
+    queries: np.ndarray | None = None
     done: int = 0
     status: Status = "running"
     message: str = ""
@@ -60,8 +62,9 @@ class Snapshots:
         cells: tuple[int, ...] | None = None,
         centres: tuple[np.ndarray, ...] | None = None,
         tokens: int | None = None,
+        queries: int = 0,
     ) -> Snapshots:
-        """Allocate a record filled with NaN (grid if ``cells``, else particles)."""
+        """Allocate a record filled with NaN (grid if ``cells``, else particles; ``queries`` per prompt)."""
         S, P, d = len(depth), prompts, dim
         nan = np.nan
         rec = cls(
@@ -78,7 +81,14 @@ class Snapshots:
         if tokens is not None:
             rec.positions = np.full((P, S, tokens, d), nan)
             rec.weights = np.full((P, tokens), nan)
+        if queries:
+            rec.queries = np.full((P, S, queries, d), nan)
         return rec
+
+    def record_queries(self, k: int, p: int, X: np.ndarray | None) -> None:
+        """Prompt p's query positions (q, d) at snapshot k (nothing to do for a prompt without queries)."""
+        if X is not None:
+            self.queries[p, k, : X.shape[0]] = X
 
     @property
     def method(self) -> str:

@@ -44,13 +44,18 @@ docs/model.md section 7 used as references by tests and the validation suite.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from gridpde.grid.mesh import Grid
 from gridpde.measures import GridMeasure, Measure, TokenMeasure
 
 __all__ = [
+    "Labelled",
     "MMDLoss",
+    "Objective",
+    "PointLoss",
     "PotentialLoss",
     "gaussian_kernel_mean",
     "gaussian_mmd",
@@ -308,6 +313,87 @@ class PotentialLoss:
         """dF/dX_i = w_i (X_i - c): shape of X."""
         mu = TokenMeasure(X, w)
         return mu.weights[:, None] * (mu.points - self._centre(mu.dim))
+
+
+# ---------------------------------------------------------------- losses of tracked points
+
+
+@dataclass(frozen=True, eq=False)
+class Labelled:
+    """Tracked points a point loss reads: ``rows`` of the method's point array, their weights
+    (summing to 1), labels (n, c), and the coordinates compared with the labels (None: all)."""
+
+    rows: slice
+    weights: np.ndarray
+    labels: np.ndarray
+    coords: tuple[int, ...] | None = None
+
+
+class PointLoss:
+    """F = sum_i w_i |P X_i - y_i|^2 over labelled points: the readout (P selects coordinates) and
+    the flow-map risk (P = I, y_i = T(X_i(0))). ``name`` says which set of tracked points it reads."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"PointLoss({self.name!r})"
+
+    @staticmethod
+    def _residual(X: np.ndarray, lab: Labelled) -> np.ndarray:
+        Xs = X[lab.rows]
+        cols = list(lab.coords) if lab.coords is not None else slice(None)
+        return Xs[:, cols] - lab.labels
+
+    def value(self, X: np.ndarray, lab: Labelled) -> float:
+        r = self._residual(X, lab)
+        return float(lab.weights @ np.einsum("ic,ic->i", r, r))
+
+    def grad(self, X: np.ndarray, lab: Labelled) -> np.ndarray:
+        """dF/dX: shape of X (zero outside ``lab.rows`` and the compared coordinates)."""
+        g = np.zeros_like(X)
+        cols = list(lab.coords) if lab.coords is not None else slice(None)
+        block = np.zeros_like(X[lab.rows])
+        block[:, cols] = 2.0 * lab.weights[:, None] * self._residual(X, lab)
+        g[lab.rows] = block
+        return g
+
+
+class Objective:
+    """F = sum_k c_k F_k: terms on the output measure (:class:`MMDLoss`, :class:`PotentialLoss`) and
+    on tracked points (:class:`PointLoss`), each with its factor c_k.
+
+    The methods evaluate it through ``value(mu, tau, X, labelled)`` and take its derivatives
+    piece by piece: :meth:`first_variation` / :meth:`grad_points` of the measure terms (None if
+    there are none) and :meth:`point_grad` of the point terms (None likewise). ``labelled`` maps a
+    point loss's name to its :class:`Labelled` rows of the point array X.
+    """
+
+    def __init__(self, measure_terms: list, point_terms: list):
+        self.measure_terms = list(measure_terms)
+        self.point_terms = list(point_terms)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.measure_terms + self.point_terms!r})"
+
+    def value(self, mu: Measure, tau: Measure | None, X: np.ndarray | None, labelled: dict | None) -> float:
+        total = sum(c * loss.value(mu, tau) for c, loss in self.measure_terms)
+        return float(total + sum(c * loss.value(X, labelled[loss.name]) for c, loss in self.point_terms))
+
+    def first_variation(self, mu: Measure, tau: Measure | None):
+        if not self.measure_terms:
+            return None
+        return sum(c * loss.first_variation(mu, tau) for c, loss in self.measure_terms)
+
+    def grad_points(self, X: np.ndarray, w: np.ndarray, tau: Measure | None):
+        if not self.measure_terms:
+            return None
+        return sum(c * loss.grad_points(X, w, tau) for c, loss in self.measure_terms)
+
+    def point_grad(self, X: np.ndarray | None, labelled: dict | None):
+        if not self.point_terms:
+            return None
+        return sum(c * loss.grad(X, labelled[loss.name]) for c, loss in self.point_terms)
 
 
 # ---------------------------------------------------------------- Gaussian closed forms

@@ -18,7 +18,7 @@ import numpy as np
 from gridpde.errors import CaseError, NumericalError
 from gridpde.heads import Heads
 from gridpde.method import make_method
-from gridpde.objective.losses import MMDLoss, PotentialLoss
+from gridpde.objective.losses import MMDLoss, Objective, PointLoss, PotentialLoss
 from gridpde.parallel import Ranks, world
 from gridpde.spec import Case, LossSpec
 
@@ -64,11 +64,17 @@ def _nonfinite(p: int, risk: float, B_bar: np.ndarray, V_bar: np.ndarray) -> str
     return ""
 
 
-def make_loss(spec: LossSpec, dim: int):
-    if spec.kind == "mmd":
-        return MMDLoss(spec.sigma)
-    centre = spec.centre if spec.centre is not None else np.zeros(dim)
-    return PotentialLoss(centre)
+def make_objective(spec: LossSpec, dim: int) -> Objective:
+    """The [loss] table as an :class:`~gridpde.objective.losses.Objective`: its kinds with their factors."""
+    measure, points = [], []
+    for kind, c in zip(spec.kinds, spec.factors):
+        if kind == "mmd":
+            measure.append((c, MMDLoss(spec.sigma)))
+        elif kind == "potential":
+            measure.append((c, PotentialLoss(spec.centre if spec.centre is not None else np.zeros(dim))))
+        else:
+            points.append((c, PointLoss(kind)))
+    return Objective(measure, points)
 
 
 class Problem:
@@ -86,8 +92,8 @@ class Problem:
         self.dim = case.dim
         self.ranks = ranks or world()
         self.method = make_method(case, method)
-        self.loss = make_loss(case.loss, case.dim)
-        self.initial = self.method.initial_states(case.prompts)
+        self.loss = make_objective(case.loss, case.dim)
+        self.initial = self.method.case_states()
         teacher = case.loss.teacher
         self.method.plan([case.heads] + ([teacher] if teacher is not None else []), self.initial, self.ranks)
         self._version = self.method.version
@@ -122,10 +128,10 @@ class Problem:
 
     def _targets(self) -> list:
         case = self.case
-        if case.loss.kind == "potential":
+        if "mmd" not in case.loss.kinds:
             return [None] * len(case.prompts)
         teacher_out = self.outputs(case.loss.teacher) if case.loss.teacher is not None else None
-        given = self.method.initial_states(case.targets, seed_offset=1000) if any(
+        given = self.method.initial_states(case.targets, seed_offset=1000, flow=False) if any(
             t is not None for t in case.targets) else None
         return [self.method.measure(teacher_out[i] if tgt is None else given[i])
                 for i, tgt in enumerate(case.targets)]
@@ -168,7 +174,7 @@ class Problem:
         def one(p: int) -> float:
             out = self.method.solve(solver, self.initial[p], p)
             self.method.check_mass(out, p, "during a risk evaluation")
-            return self.loss.value(self.method.measure(out), self.targets[p])
+            return self.method.value(self.loss, out, self.targets[p])
 
         per = np.array(self._over_prompts(one))
         if self._sync():  # refined on the way: again, on the new schedules
@@ -185,7 +191,7 @@ class Problem:
             tape = self.method.new_tape()
             out = self.method.solve(solver, st, p, tape)
             self.method.check_mass(out, p, "during a risk evaluation")
-            value = self.loss.value(self.method.measure(out), self.targets[p])
+            value = self.method.value(self.loss, out, self.targets[p])
             lam = self.method.cotangent(self.loss, out, self.targets[p], 1.0 / P)
             Bb, Vb, rec = self.method.backward(solver, tape, out, lam)
             return value, Bb, Vb, out.steps - st.steps, rec

@@ -8,28 +8,43 @@ mass check never fails.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from gridpde.heads import Heads
 from gridpde.io.snapshots import Snapshots
 from gridpde.measures import TokenMeasure
-from gridpde.method import Method
+from gridpde.method import Method, query_count
 from gridpde.particles.solver import ParticleForward, steps_per_layer, token_moments
 
 
 @dataclass
 class TokenState:
-    """X: (n, d) token positions; w: (n,) weights; steps: depth steps taken (s = steps / (L substeps))."""
+    """X: (n, d) token positions; w: (n,) weights; steps: depth steps taken (s = steps / (L substeps)).
+
+    The prompt's context tokens are the first ``context`` rows; its query tokens follow with weight 0
+    (they move with the context's field and act on nothing) at ``query_rows``. labelled: what the
+    point losses read ({name: Labelled}; the flow-map risk reads the context tokens themselves).
+    """
 
     X: np.ndarray
     w: np.ndarray
     steps: int = 0
+    context: int | None = None
+    labelled: dict = field(default_factory=dict)
+    query_rows: slice | None = None
+
+    def __post_init__(self):
+        if self.context is None:
+            self.context = len(self.w)
 
     @property
     def mass_out(self) -> float:
         return 0.0
+
+    def moved(self, X: np.ndarray, steps: int) -> TokenState:
+        return TokenState(X, self.w, steps, self.context, self.labelled, self.query_rows)
 
 
 class ParticleMethod(Method):
@@ -44,12 +59,25 @@ class ParticleMethod(Method):
                       "tokens_requested": sv.tokens, "seed": sv.seed}
         self.label = f"{sv.integrator} x {self.substeps} substeps"
 
-    def initial(self, prompt, where, seed) -> TokenState:
+    def initial(self, prompt, where, seed, queries=None, flow=True) -> TokenState:
         sv = self.case.solver
-        return TokenState(*prompt.tokens(sv.tokens, sv.init, seed))
+        X, w = prompt.tokens(sv.tokens, sv.init, seed)
+        n = len(w)
+        loss = self.case.loss
+        flow_set = (X, w) if flow and loss is not None and "flowmap" in loss.kinds else None
+        labelled = self.labelled_sets(queries, n, flow_set, 0)
+        if queries is None:
+            return TokenState(X, w, 0, n, labelled)
+        X = np.concatenate([X, queries.points])
+        w = np.concatenate([w, np.zeros(len(queries))])
+        return TokenState(X, w, 0, n, labelled, slice(n, n + len(queries)))
 
     def measure(self, state: TokenState) -> TokenMeasure:
-        return TokenMeasure(state.X, state.w)
+        n = state.context
+        return TokenMeasure(state.X[:n], state.w[:n])
+
+    def points(self, state: TokenState) -> np.ndarray:
+        return state.X
 
     def solver(self, heads: Heads) -> ParticleForward:
         return ParticleForward(heads.B, heads.V, self.case.solver.integrator, self.substeps)
@@ -59,11 +87,11 @@ class ParticleMethod(Method):
 
     def advance(self, solver, state: TokenState, s0, s1, on_step=None) -> TokenState:
         k1 = self._index(s1)
-        return TokenState(solver.solve(state.X, state.w, state.steps, k1, on_step), state.w, k1)
+        return state.moved(solver.solve(state.X, state.w, state.steps, k1, on_step), k1)
 
     def solve(self, solver, state: TokenState, p: int, tape=None) -> TokenState:
         k1 = self.steps_per_depth
-        return TokenState(solver.solve(state.X, state.w, state.steps, k1, tape=tape), state.w, k1)
+        return state.moved(solver.solve(state.X, state.w, state.steps, k1, tape=tape), k1)
 
     def depth_steps(self, states) -> int:
         return len(states) * self.steps_per_depth
@@ -74,8 +102,17 @@ class ParticleMethod(Method):
     def new_tape(self) -> list:
         return []
 
-    def cotangent(self, loss, state: TokenState, target, scale: float) -> np.ndarray:
-        return loss.grad_points(state.X, state.w, target) * scale
+    def cotangent(self, objective, state: TokenState, target, scale: float) -> np.ndarray:
+        """dF/dX (every token, queries included), times ``scale``."""
+        lam = np.zeros_like(state.X)
+        n = state.context
+        g = objective.grad_points(state.X[:n], state.w[:n], target)
+        if g is not None:
+            lam[:n] = g
+        g = objective.point_grad(state.X, state.labelled)
+        if g is not None:
+            lam += g
+        return lam * scale
 
     def backward(self, solver: ParticleForward, tape: list, state: TokenState, lam):
         _, B_bar, V_bar = solver.backward(tape, state.w, lam)
@@ -93,20 +130,24 @@ class ParticleMethod(Method):
 
     def snapshots(self, depth, states) -> Snapshots:
         depth = np.array([self._index(s) / self.steps_per_depth for s in depth])
-        tokens = max(st.X.shape[0] for st in states)
-        snaps = Snapshots.empty(depth, len(states), self.case.dim, tokens=tokens)
+        tokens = max(st.context for st in states)
+        snaps = Snapshots.empty(depth, len(states), self.case.dim, tokens=tokens, queries=query_count(self, states))
         snaps.weights[:] = 0.0
         for p, st in enumerate(states):
-            snaps.weights[p, : len(st.w)] = st.w
+            snaps.weights[p, : st.context] = st.w[: st.context]
         return snaps
 
     def record(self, snaps: Snapshots, k: int, p: int, state: TokenState) -> None:
-        n = len(state.w)
-        snaps.positions[p, k, :n] = state.X
+        n = state.context
+        snaps.positions[p, k, :n] = state.X[:n]
         snaps.mass_out[p, k] = 0.0
-        snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = token_moments(state.X, state.w)
+        snaps.mass[p, k], snaps.mean[p, k], snaps.cov[p, k] = token_moments(state.X[:n], state.w[:n])
         snaps.steps[p, k] = state.steps
+        snaps.record_queries(k, p, self.queries(state))
 
     def restore(self, snaps: Snapshots, k: int, p: int, like: TokenState) -> TokenState:
-        n = len(like.w)
-        return TokenState(np.array(snaps.positions[p, k, :n]), like.w, int(snaps.steps[p, k]))
+        n = like.context
+        X = np.array(snaps.positions[p, k, :n])
+        if like.query_rows is not None:
+            X = np.concatenate([X, snaps.queries[p, k, : like.query_rows.stop - n]])
+        return like.moved(X, int(snaps.steps[p, k]))
