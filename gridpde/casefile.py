@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from gridpde.errors import CaseError
 from gridpde.heads import HEAD_ARRAYS, Heads, load_heads_npz
+from gridpde.icl import Features, ICLSpec, regression_prompts
 from gridpde.prompts import (
     GaussianPrompt,
     MixturePrompt,
@@ -51,7 +53,7 @@ from gridpde.spec import (
     show,
 )
 
-_TOP_KEYS = ("dim", "grid", "model", "prompts", "solver", "output", "loss", "train")
+_TOP_KEYS = ("dim", "grid", "model", "prompts", "icl", "solver", "output", "loss", "train")
 
 # ----------------------------------------------------------------- reading
 
@@ -116,7 +118,13 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     if "grid" in doc or solver.method == "grid":
         grid = _grid(doc.get("grid", MISSING), dim)
     heads = _model(doc.get("model", MISSING), dim, Path(base_dir))
-    prompts, targets, queries = _prompts(doc.get("prompts", MISSING), dim)
+    if "icl" in doc:
+        if "prompts" in doc:
+            raise CaseError("[icl] and [[prompts]]: give one of them (the [icl] table generates the prompts)")
+        prompts, queries = _icl(doc["icl"], dim)
+        targets = (None,) * len(prompts)
+    else:
+        prompts, targets, queries = _prompts(doc.get("prompts", MISSING), dim)
     loss = None
     if "loss" in doc:
         loss = _loss(doc["loss"], dim, heads, Path(base_dir))
@@ -339,6 +347,27 @@ def _loss(value: Any, dim: int, model: Heads, base_dir: Path) -> LossSpec:
         spec["map_b"] = _array(m.get("b", [0.0] * dim), "loss.map.b", (dim,))
         spec["flowmap_points"] = check_int(table.get("flowmap_points", 8), "loss.flowmap_points", 1, 64)
     return LossSpec(**spec)
+
+
+def _icl(value: Any, dim: int) -> tuple[tuple[Prompt, ...], tuple[Queries, ...]]:
+    """The prompts and queries of in-context regression (:mod:`gridpde.icl`)."""
+    t = _table(value, "icl")
+    check_keys(t, tuple(f.name for f in fields(ICLSpec)), "icl")
+    if dim not in (2, 3):
+        fail("dim", dim, "2 (one feature and the label) or 3 (two features) for [icl]")
+    spec = {}
+    for name in ("prompts", "queries"):
+        spec[name] = check_int(t.get(name, getattr(ICLSpec, name)), f"icl.{name}", 1)
+    for name in ("examples", "seed"):
+        spec[name] = check_int(t.get(name, getattr(ICLSpec, name)), f"icl.{name}", 0)
+    spec["features"] = check_choice(t.get("features", ICLSpec.features), "icl.features", get_args(Features))
+    spec["scale"] = check_float(t.get("scale", ICLSpec.scale), "icl.scale", lambda x: x > 0, "a number > 0")
+    spec["noise"] = check_float(t.get("noise", ICLSpec.noise), "icl.noise", lambda x: x >= 0, "a number >= 0")
+    try:
+        prompts, queries, _ = regression_prompts(ICLSpec(**spec), dim)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from None
+    return prompts, queries
 
 
 def _queries(value: Any, key: str, dim: int) -> Queries:

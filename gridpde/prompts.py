@@ -275,7 +275,81 @@ class TokensPrompt(_PromptMethods):
         return self.tokens()
 
 
-Prompt = GaussianPrompt | MixturePrompt | UniformPrompt | TokensPrompt
+@dataclass(frozen=True, eq=False)
+class RegressionPrompt(_PromptMethods):
+    """The law of (x, w·x + noise xi) in R^(k+1): features x uniform on [-scale, scale]^k, xi ~ N(0, 1).
+
+    The context of in-context linear regression with uniform features
+    (:mod:`gridpde.icl`); Gaussian features give a :class:`GaussianPrompt`.
+    Cell averages integrate the label's normal law exactly (erf) and the
+    features by Gauss-Legendre on each cell's overlap with the feature box;
+    quadrature tokens are Gauss-Legendre in x times Gauss-Hermite in the
+    label given x.
+    """
+
+    w: np.ndarray
+    scale: float = 1.0
+    noise: float = 0.1
+    kind: Literal["regression"] = "regression"
+
+    def __post_init__(self):
+        w = _frozen(np.atleast_1d(self.w))
+        if w.ndim != 1 or not 1 <= w.size <= 2 or not np.all(np.isfinite(w)):
+            raise ValueError(f"RegressionPrompt.w: expected 1 or 2 finite numbers, got {np.shape(self.w)}")
+        for name in ("scale", "noise"):
+            v = float(getattr(self, name))
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"RegressionPrompt.{name}: expected a finite number > 0, got {v}")
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "w", w)
+
+    @property
+    def dim(self) -> int:
+        return self.w.size + 1
+
+    def cell_averages(self, grid: Grid, where: str = "prompt") -> np.ndarray:
+        k, s, sig = self.w.size, self.scale, self.noise
+        rules = []  # per feature axis: nodes (n_a, q) and weights (n_a, q) on the cell's overlap with the box
+        for a in range(k):
+            e = grid.edges(a)
+            lo, hi = np.maximum(e[:-1], -s), np.minimum(e[1:], s)
+            width = np.clip(hi - lo, 0.0, None)
+            q = gauss_points(float(grid.dx[a]) * abs(self.w[a]), sig)
+            t, v = np.polynomial.legendre.leggauss(q)
+            rules.append(((lo + hi)[:, None] / 2 + width[:, None] / 2 * t, width[:, None] / 2 * v))
+        ye = grid.edges(k)
+        if k == 1:
+            (x, wx), = rules
+            cdf = ndtr((ye[None, None, :] - self.w[0] * x[..., None]) / sig)  # (n0, q, ny + 1)
+            mass = np.einsum("iq,iqj->ij", wx, np.diff(cdf, axis=-1))
+        else:
+            (x0, w0), (x1, w1) = rules
+            mass = np.empty(grid.shape)
+            for i in range(grid.cells[0]):
+                wx = self.w[0] * x0[i][:, None, None] + self.w[1] * x1[None, :, :]  # (q0, n1, q1)
+                cdf = ndtr((ye - wx[..., None]) / sig)  # (q0, n1, q1, ny + 1)
+                mass[i] = np.einsum("a,bq,abqj->bj", w0[i], w1, np.diff(cdf, axis=-1))
+        return mass / (2 * s) ** k / grid.cell_volume
+
+    def sample(self, n: int, rng: np.random.Generator):
+        x = rng.uniform(-self.scale, self.scale, size=(n, self.w.size))
+        y = x @ self.w + self.noise * rng.standard_normal(n)
+        return np.column_stack([x, y]), np.full(n, 1.0 / n)
+
+    def gauss_tokens(self, q: int):
+        t, v = np.polynomial.legendre.leggauss(q)
+        X, W = _tensor_rule(self.scale * t, v, self.w.size)
+        h, u = np.polynomial.hermite_e.hermegauss(q)
+        y = (X @ self.w)[:, None] + self.noise * h[None, :]
+        pts = np.column_stack([np.repeat(X, q, axis=0), y.ravel()])
+        wts = (W[:, None] * u[None, :]).ravel()
+        return pts, wts / wts.sum()
+
+    def quadrature(self, n: int):
+        return self.gauss_tokens(max(1, round(n ** (1 / self.dim))))
+
+
+Prompt = GaussianPrompt | MixturePrompt | UniformPrompt | TokensPrompt | RegressionPrompt
 
 
 @dataclass(frozen=True, eq=False)
@@ -325,7 +399,8 @@ class Queries:
 
     def __len__(self) -> int:
         return self.points.shape[0]
-PROMPT_KINDS = {cls.kind: cls for cls in (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)}
+PROMPT_KINDS = {cls.kind: cls for cls in (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt,
+                                          RegressionPrompt)}
 
 
 def cell_averages(prompt: Prompt, grid: Grid, where: str = "prompt") -> tuple[np.ndarray, float]:

@@ -399,7 +399,7 @@ class Case:
         for i, p in enumerate((*prompts, *targets)):
             key = f"prompts[{i}]" if i < len(prompts) else f"prompts[{i - len(prompts)}].target"
             if p is not None and getattr(p, "dim", None) != dim:
-                fail(key, p, f"a {dim}-D prompt (GaussianPrompt, MixturePrompt, UniformPrompt or TokensPrompt)")
+                fail(key, p, f"a {dim}-D prompt (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt or RegressionPrompt)")
         if self.solver.method == "grid" and self.grid is None:
             raise CaseError("[grid]: required for the grid method (lower, upper, cells)")
         if self.grid is not None and len(self.grid.cells) != dim:

@@ -103,9 +103,9 @@ import numpy as np
 
 from gridpde.attention.direct import attention_velocity
 from gridpde.measures import GridMeasure, TokenMeasure
-from gridpde.prompts import GaussianPrompt, MixturePrompt, Prompt, TokensPrompt, UniformPrompt
+from gridpde.prompts import GaussianPrompt, MixturePrompt, Prompt, RegressionPrompt, TokensPrompt, UniformPrompt
 
-PROMPT_TYPES = (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt)
+PROMPT_TYPES = (GaussianPrompt, MixturePrompt, UniformPrompt, TokensPrompt, RegressionPrompt)
 from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3, pad_points
 
