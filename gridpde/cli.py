@@ -53,9 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--result", type=Path, help="a training result file: diagnose its checkpoints")
     n.add_argument("-o", "--output", type=Path, help="folder for the figures")
 
-    pl = sub.add_parser("plot", help="PNG figures of a result file")
+    pl = sub.add_parser("plot", help="figures (and animations) of a result file")
     pl.add_argument("result", type=Path)
     pl.add_argument("-o", "--output", type=Path, help="folder for the figures")
+    pl.add_argument("--format", choices=["png", "pdf", "svg"], default="png",
+                    help="file format of the figures (pdf, svg: vector output; default png)")
+    pl.add_argument("--movie", action="store_true",
+                    help="also animate the density or tokens through depth (and the heads along training): "
+                         "MP4 with ffmpeg, else GIF")
+    pl.add_argument("--rescaled", action="store_true",
+                    help="draw tokens as e^{-sV} x (V the mean value matrix of the active layer)")
+    pl.add_argument("--only", metavar="NAMES", help="comma-separated figure names to write (e.g. density_p0,moments)")
+    pl.add_argument("--prefix", default="", help="put before each file name")
+    pl.add_argument("--dpi", type=int, default=100, help="resolution of PNG figures (default 100)")
 
     i = sub.add_parser("info", help="what a result file holds")
     i.add_argument("result", type=Path)
@@ -167,8 +177,20 @@ def _ntk(args) -> int:
 def _plot(args) -> int:
     from gridpde.io.plot import plot_result
 
-    for f in plot_result(args.result, args.output):
+    if not 20 <= args.dpi <= 600:
+        raise CaseError(f"--dpi {args.dpi}: expected an integer in [20, 600]")
+    only = tuple(n.strip() for n in args.only.split(",")) if args.only else None
+    for f in plot_result(args.result, args.output, fmt=args.format, rescaled=args.rescaled, dpi=args.dpi,
+                         only=only, prefix=args.prefix):
         print(f)
+    if args.movie:
+        from gridpde.io.movie import write_movies
+
+        movies = write_movies(args.result, args.output, rescaled=args.rescaled)
+        for f in movies:
+            print(f)
+        if not movies:
+            print("no movie: the result holds fewer than 2 snapshots", file=sys.stderr)
     return 0
 
 

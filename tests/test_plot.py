@@ -71,7 +71,8 @@ def test_plot_writes_pngs(tmp_path, name):
 
     files = plot_result(path)
 
-    assert {f.name for f in files} == {f"{prefix}0.png", f"{prefix}1.png", "moments.png"}
+    expected = {f"{prefix}0.png", f"{prefix}1.png", "moments.png"} | ({"cov_cone.png"} if d == 2 else set())
+    assert {f.name for f in files} == expected
     for f in files:
         assert f.parent == tmp_path / f"{name}_figures"
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
@@ -107,3 +108,87 @@ def test_head_paths_scale_B_like_the_result_file(tmp_path):
     teacher = sorted(line.get_ydata()[0] for line in ax_B.lines if line.get_linestyle() == "--")
     np.testing.assert_allclose(student, np.sort(h.B[0].ravel()), rtol=1e-15)
     np.testing.assert_allclose(student, teacher, rtol=1e-15)
+
+
+def _written(tmp_path, rec, name="r"):
+    d = rec.mean.shape[-1]
+    path = tmp_path / f"{name}.h5"
+    heads = {"Q": np.zeros((1, 1, 1, d)), "K": np.zeros((1, 1, 1, d)), "V": np.zeros((1, 1, d, d))}
+    write_result(path, rec, case_text="", dim=d, method=rec.method, heads=heads)
+    return path
+
+
+def test_titles_labels_and_partial_note(tmp_path):
+    """Every figure has a title naming the case; every visible axes has x and y labels; a run
+    that did not finish says so on every figure, a finished one on none."""
+    from gridpde.io.plot import figures
+    from gridpde.io.results import read_result
+
+    for rec, status in ((gaussian_grid((32, 24), 2), "interrupted"), (particles(2, 3), "finished")):
+        rec.status = status
+        res = read_result(_written(tmp_path, rec, status))
+        for name, fig in figures(res).items():
+            assert fig.get_suptitle().startswith(f"{status}: "), name
+            note = fig._supxlabel.get_text() if fig._supxlabel is not None else ""
+            assert ("PARTIAL RESULT: status 'interrupted', 2 of 4 snapshots" in note) == (status != "finished"), name
+            for ax in fig.axes:
+                if ax.get_visible() and ax.get_label() != "<colorbar>" and ax.name != "3d":
+                    assert ax.get_xlabel() and (ax.get_ylabel() or ax.get_subplotspec().colspan.start > 0), (name, ax.get_title())
+
+
+def test_token_panels_share_one_scale(tmp_path):
+    from gridpde.io.plot import figures
+    from gridpde.io.results import read_result
+
+    fig = figures(read_result(_written(tmp_path, particles(2, 3))))["tokens_p0"]
+    limits = {(ax.get_xlim(), ax.get_ylim()) for ax in fig.axes}
+    assert len(limits) == 1
+
+
+@pytest.mark.parametrize("fmt", ["pdf", "svg"])
+def test_vector_formats(tmp_path, fmt):
+    files = plot_result(_written(tmp_path, gaussian_grid((16, 12), 4)), tmp_path / "f", fmt=fmt)
+    assert files and all(f.suffix == f".{fmt}" and f.stat().st_size > 5000 for f in files)
+    head = files[0].read_bytes()[:100]
+    assert head.startswith(b"%PDF") if fmt == "pdf" else b"<svg" in files[0].read_bytes()[:2000]
+
+
+@pytest.mark.parametrize("make", [lambda: gaussian_grid((32, 24), 4), lambda: gaussian_grid((64,), 3),
+                                  lambda: particles(2, 3), lambda: gaussian_grid((12, 10, 8), 2)])
+def test_movie(tmp_path, make):
+    from PIL import Image
+
+    from gridpde.io.movie import write_movies
+
+    rec = make()
+    (movie,) = write_movies(_written(tmp_path, rec), tmp_path / "m")
+    if movie.suffix == ".gif":
+        with Image.open(movie) as im:
+            assert im.n_frames >= rec.done  # one frame per snapshot, the last held
+
+
+def test_cli_plot_format_and_movie(tmp_path, capsys):
+    from gridpde.cli import main
+
+    path = _written(tmp_path, gaussian_grid((16, 12), 4))
+    assert main(["plot", str(path), "-o", str(tmp_path / "o"), "--format", "svg", "--movie"]) == 0
+    out = capsys.readouterr().out.split()
+    assert any(f.endswith("density_p0.svg") for f in out) and any("movie." in f for f in out)
+    with pytest.raises(SystemExit) as exc:
+        main(["plot", str(path), "--format", "jpg"])
+    assert exc.value.code == 2
+
+
+def test_rescaled_tokens_undo_the_value_flow():
+    """z = e^{-sV} x: tokens moved by dx/ds = V x alone come back to their start."""
+    from scipy.linalg import expm
+
+    from gridpde.io.figures_lit import rescale_tokens
+
+    V = np.array([[[[0.5, 1.0], [-0.3, 0.2]]], [[[1.0, 0.0], [0.0, -0.5]]]])  # 2 layers, 1 head
+    x0 = np.random.default_rng(1).normal(size=(7, 2))
+    depth = np.array([0.0, 0.3, 0.5, 0.8, 1.0])
+    phi = [np.eye(2) if s == 0 else expm(s * V[0, 0]) if s <= 0.5 else
+           expm((s - 0.5) * V[1, 0]) @ expm(0.5 * V[0, 0]) for s in depth]
+    pos = np.stack([x0 @ p.T for p in phi])
+    np.testing.assert_allclose(rescale_tokens(pos, depth, V), np.broadcast_to(x0, pos.shape), atol=1e-13)
