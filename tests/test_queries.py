@@ -6,14 +6,12 @@ import pytest
 from gridpde.builders import case_document, dump_case, gaussian
 from gridpde.casefile import parse_case
 from gridpde.errors import CaseError
-from gridpde.heads import Heads
 from gridpde.method import make_method
 from gridpde.objective.gradcheck import gradient_checks
 from gridpde.objective.problem import Problem
-from gridpde.prompts import GaussianPrompt, Queries
-from gridpde.spec import Case, GridSpec, LossSpec, SolverSpec
+from gridpde.prompts import Queries
 from gridpde.validation.problems import gaussian_problem
-from gridpde.validation.query_studies import oracle_readout, oracle_readout_grad, query_convergence
+from gridpde.validation.query_studies import readout_gradient_errors
 
 QUERIES_2D = {"points": [[-0.5, 0.0], [0.4, 0.1], [1.0, -0.2]], "labels": [[0.3], [-0.2], [0.5]]}
 LOSSES = {
@@ -87,45 +85,11 @@ def test_a_query_on_a_token_follows_it():
     assert np.array_equal(out.X[st.query_rows.start], out.X[7])
 
 
-def test_query_trajectories_converge_to_the_gaussian_oracle():
-    """Grid: at the scheme's order (van Leer MUSCL, measured 2.4 in 1-D); tokens: to the time-stepping floor."""
-    r = query_convergence(gaussian_problem(1), cells=(32, 64, 128), tokens=(16, 256))
-    assert r["grid_order"] >= 1.8, r
-    assert r["grid_error"][-1] <= 1e-5, r
-    assert r["particle_error"][-1] <= 1e-8, r
-
-
-def _gaussian_readout_case(method, **solver):
-    problem = gaussian_problem(2)
-    L, M = problem.B.shape[:2]
-    heads = Heads(Q=problem.B, K=np.broadcast_to(np.eye(2), (L, M, 2, 2)), V=problem.V)
-    prompt = GaussianPrompt(problem.mean, problem.cov)
-    pts = problem.mean + np.array([[-0.6, 0.2], [0.3, 0.5], [0.8, -0.4]])
-    queries = Queries(pts, labels=np.array([[0.2], [-0.3], [0.4]]))
-    lo, hi = problem.box()
-    case = Case(dim=2, grid=GridSpec(lo, hi, solver.pop("cells", (32, 32))), heads=heads, prompts=(prompt,),
-                solver=SolverSpec(method=method, **solver), loss=LossSpec(kind="readout"), queries=(queries,))
-    return case, prompt, queries
-
-
-def test_particle_readout_gradient_matches_the_gaussian_oracle():
-    case, prompt, queries = _gaussian_readout_case("particles", tokens=1024, substeps=16)
-    got = Problem(case).risk_and_grad(case.heads)
-    want = oracle_readout(case.heads, prompt, queries, (1,))
-    g = oracle_readout_grad(case.heads, prompt, queries, (1,))
-    assert abs(got.risk - want) <= 1e-8 * want
-    assert np.abs(got.grad.flat() - g).max() <= 1e-6 * np.abs(g).max()
-
-
-def test_grid_readout_gradient_converges_to_the_gaussian_oracle():
-    errs = []
-    for n in (16, 32, 64):
-        case, prompt, queries = _gaussian_readout_case("grid", cells=(n, n))
-        got = Problem(case).risk_and_grad(case.heads)
-        g = oracle_readout_grad(case.heads, prompt, queries, (1,))
-        errs.append(np.abs(got.grad.flat() - g).max() / np.abs(g).max())
-    order = np.log2(errs[0] / errs[1]), np.log2(errs[1] / errs[2])
-    assert min(order) >= 1.8, (errs, order)
+def test_readout_gradient_against_the_gaussian_oracle():
+    """Particles with quadrature tokens to 1e-6 (measured 7e-10); the grid at MUSCL's order (measured 2.5, 2.8)."""
+    r = readout_gradient_errors(gaussian_problem(2), cells=(16, 32, 64))
+    assert r["particle_error"] <= 1e-6 and r["particle_risk_error"] <= 1e-8, r
+    assert r["grid_order"] >= 1.8 and r["grid_error"][-1] <= 2e-3, r
 
 
 @pytest.mark.parametrize("text, key", [

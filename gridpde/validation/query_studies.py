@@ -15,8 +15,11 @@ import numpy as np
 
 from gridpde.grid.forward import GridForward, Tape
 from gridpde.grid.queries import advect
+from gridpde.heads import Heads
+from gridpde.objective.problem import Problem
 from gridpde.particles.solver import ParticleForward
-from gridpde.prompts import GaussianPrompt, gaussian_cell_averages
+from gridpde.prompts import GaussianPrompt, Queries, gaussian_cell_averages
+from gridpde.spec import Case, GridSpec, LossSpec, SolverSpec
 from gridpde.validation.gaussian import gaussian_queries
 from gridpde.validation.problems import GaussianProblem, fitted_order
 
@@ -90,3 +93,73 @@ def oracle_readout_grad(heads, prompt: GaussianPrompt, queries, coords, eps: flo
         g[i] = (oracle_readout(heads.with_flat(x + e), prompt, queries, coords)
                 - oracle_readout(heads.with_flat(x - e), prompt, queries, coords)) / (2 * eps)  # fmt: skip
     return g
+
+
+def gaussian_case(problem: GaussianProblem, method: str, loss: LossSpec, queries: Queries | None = None, **solver):
+    """A case of ``problem``'s Gaussian prompt and heads (K = I, Q = B) with ``loss`` on its box
+    (``cells`` per axis, default 32; the other keywords are [solver] keys)."""
+    L, M, d = problem.B.shape[:3]
+    heads = Heads(Q=problem.B, K=np.broadcast_to(np.eye(d), (L, M, d, d)), V=problem.V)
+    lo, hi = problem.box()
+    cells = solver.pop("cells", 32)
+    return Case(dim=d, grid=GridSpec(lo, hi, (cells,) * d), heads=heads,
+                prompts=(GaussianPrompt(problem.mean, problem.cov),), solver=SolverSpec(method=method, **solver),
+                loss=loss, queries=(queries,) if queries is not None else ())
+
+
+def readout_queries(problem: GaussianProblem) -> Queries:
+    """Three labelled queries near the prompt (labels of the last coordinate)."""
+    pts = problem.mean + np.array([[-0.6, 0.2, 0.1], [0.3, 0.5, -0.2], [0.8, -0.4, 0.3]])[:, : problem.dim]
+    return Queries(pts, labels=np.array([[0.2], [-0.3], [0.4]]))
+
+
+def readout_gradient_errors(problem: GaussianProblem, cells=(16, 32, 64), tokens: int = 1024, scheme="muscl"):
+    """Relative max errors of the readout gradient against the oracle's: grid per cell count, and particles.
+
+    Returns:
+        dict: "cells", "grid_error", "grid_order" (fitted in h), "particle_error", "particle_risk_error".
+    """
+    q = readout_queries(problem)
+    loss = LossSpec(kind="readout")
+    coords = (problem.dim - 1,)
+    prompt = GaussianPrompt(problem.mean, problem.cov)
+    heads = gaussian_case(problem, "particles", loss, q).heads
+    g = oracle_readout_grad(heads, prompt, q, coords)
+    scale = np.abs(g).max()
+    gerr = []
+    for n in cells:
+        case = gaussian_case(problem, "grid", loss, q, cells=n, scheme=scheme, mass_tol=1e-2)
+        gerr.append(float(np.abs(Problem(case).risk_and_grad(heads).grad.flat() - g).max() / scale))
+    part = Problem(gaussian_case(problem, "particles", loss, q, tokens=tokens, substeps=16)).risk_and_grad(heads)
+    want = oracle_readout(heads, prompt, q, coords)
+    h = [float(problem.grid(n).dx.max()) for n in cells]
+    return {"cells": list(cells), "grid_error": gerr, "grid_order": fitted_order(h, gerr),
+            "particle_error": float(np.abs(part.grad.flat() - g).max() / scale),
+            "particle_risk_error": abs(part.risk - want) / want}
+
+
+def flowmap_convergence(problem: GaussianProblem, points=(1, 2, 3, 4, 6, 8), cells=(16, 32, 64), tokens: int = 4096):
+    """The grid's flow-map risk as its query tokens (Gauss points per axis) and cells grow, against particles.
+
+    Returns:
+        dict: "points", "quadrature_change" (|R(q) - R(q_max)| at the finest grid), "cells",
+        "grid_vs_particles" (|R_grid(q_max) - R_particles| / R_particles per cell count), "order" (fitted in h),
+        "particles" (the particle value).
+    """
+    d = problem.dim
+
+    def loss(q=8):
+        return LossSpec(kind="flowmap", map_A=0.9 * np.eye(d), map_b=0.1 * np.ones(d), flowmap_points=q)
+
+    case = gaussian_case(problem, "particles", loss(), tokens=tokens, substeps=16)
+    ref = Problem(case).risk(case.heads).risk
+
+    def grid_risk(n, q):
+        case = gaussian_case(problem, "grid", loss(q), cells=n)
+        return Problem(case).risk(case.heads).risk
+
+    fine = [grid_risk(cells[-1], q) for q in points]
+    rel = [abs(grid_risk(n, points[-1]) - ref) / ref for n in cells[:-1]] + [abs(fine[-1] - ref) / ref]
+    h = [float(problem.grid(n).dx.max()) for n in cells]
+    return {"points": list(points), "quadrature_change": [abs(r - fine[-1]) / ref for r in fine],
+            "cells": list(cells), "grid_vs_particles": rel, "order": fitted_order(h, rel), "particles": ref}

@@ -20,6 +20,7 @@ from gridpde.prompts import GaussianPrompt
 from gridpde.validation import gradient_studies as gs
 from gridpde.validation import ntk_families as nf
 from gridpde.validation import particle_studies as ps
+from gridpde.validation import query_studies as qs
 from gridpde.validation import training_studies as ts
 from gridpde.validation.problems import Level, fitted_order, gaussian_problem, run_level
 
@@ -279,6 +280,51 @@ def table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable
     return study
 
 
+def query_paths(dim: int, cells, tokens, order: float, tol: float) -> Callable[[], Iterator[Check]]:
+    """Query tokens against the Gaussian oracle: the grid at the scheme's order, tokens to ``tol``."""
+
+    def study() -> Iterator[Check]:
+        r = qs.query_convergence(gaussian_problem(dim), cells, tokens, LIMITER)
+        detail = "n = " + ",".join(map(str, cells)) + "; errors " + ", ".join(f"{e:.2e}" for e in r["grid_error"])
+        yield Check(f"queries-{dim}d: grid path order", r["grid_order"], f">= {order}", r["grid_order"] >= order,
+                    detail)
+        e = r["particle_error"][-1]
+        yield Check(f"queries-{dim}d: particle path error", e, f"<= {tol:g}", e <= tol,
+                    f"{tokens[-1]} quadrature tokens, RK4 x 16, max |X_q(1) - exact|")
+
+    return study
+
+
+def readout_oracle(dim: int, cells, order: float, tol: float) -> Callable[[], Iterator[Check]]:
+    """The readout risk's gradient against the oracle's (central differences of the moment ODE)."""
+
+    def study() -> Iterator[Check]:
+        r = qs.readout_gradient_errors(gaussian_problem(dim), cells)
+        detail = "n = " + ",".join(map(str, cells)) + "; errors " + ", ".join(f"{e:.2e}" for e in r["grid_error"])
+        yield Check(f"readout-{dim}d: grid gradient order", r["grid_order"], f">= {order}",
+                    r["grid_order"] >= order, detail + " (MUSCL, van Leer)")
+        e = r["particle_error"]
+        yield Check(f"readout-{dim}d: particle gradient error", e, f"<= {tol:g}", e <= tol,
+                    "1024 quadrature tokens, relative to the gradient's largest entry")
+
+    return study
+
+
+def flowmap_risk(dim: int, cells, order: float) -> Callable[[], Iterator[Check]]:
+    """The grid's flow-map risk through Gauss-point queries against the particle value."""
+
+    def study() -> Iterator[Check]:
+        r = qs.flowmap_convergence(gaussian_problem(dim), points=(1, 2, 4, 8), cells=cells)
+        change = dict(zip(r["points"], r["quadrature_change"]))
+        yield Check(f"flowmap-{dim}d: change from 4 to 8 points", change[4], "<= 1e-7", change[4] <= 1e-7,
+                    "relative; points per axis " + ", ".join(f"{q}: {c:.1e}" for q, c in change.items()))
+        detail = "n = " + ",".join(map(str, cells)) + "; " + ", ".join(f"{e:.2e}" for e in r["grid_vs_particles"])
+        yield Check(f"flowmap-{dim}d: grid vs particles order", r["order"], f">= {order}", r["order"] >= order,
+                    detail)
+
+    return study
+
+
 QUICK = {
     "gaussian-1d-upwind": gaussian_order(1, "upwind", [100, 200, 400], 0.9),
     "gaussian-1d-muscl": gaussian_order(1, "muscl", [100, 200, 400], 1.8),
@@ -294,6 +340,9 @@ QUICK = {
     "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
     "ntk-families": ntk_families,
     "table-2d": table_accuracy(2, 48, 1e-8),
+    "queries-1d": query_paths(1, (32, 64, 128), (16, 256), 1.8, 1e-8),
+    "readout-1d": readout_oracle(1, (50, 100, 200), 1.8, 1e-6),
+    "flowmap-1d": flowmap_risk(1, (32, 64, 128), 1.8),
 }
 
 FULL = {
@@ -321,6 +370,12 @@ FULL = {
     "table-1d": table_accuracy(1, 400, 1e-10),
     "table-2d": table_accuracy(2, 96, 1e-9),
     "table-3d": table_accuracy(3, 24, 1e-6, scale=0.4),
+    "queries-1d": query_paths(1, (32, 64, 128, 256), (16, 256), 1.8, 1e-8),
+    "queries-2d": query_paths(2, (16, 32, 64), (256, 1024), 1.8, 1e-8),
+    "readout-1d": readout_oracle(1, (50, 100, 200, 400), 1.8, 1e-6),
+    "readout-2d": readout_oracle(2, (16, 32, 64), 1.8, 1e-6),
+    "flowmap-1d": flowmap_risk(1, (32, 64, 128, 256), 1.8),
+    "flowmap-2d": flowmap_risk(2, (16, 32, 64), 1.8),
 }
 
 
