@@ -358,7 +358,7 @@ def _icl(value: Any, dim: int) -> tuple[tuple[Prompt, ...], tuple[Queries, ...]]
     spec = {}
     for name in ("prompts", "queries"):
         spec[name] = check_int(t.get(name, getattr(ICLSpec, name)), f"icl.{name}", 1)
-    for name in ("examples", "seed"):
+    for name in ("examples", "seed", "example_seed"):
         spec[name] = check_int(t.get(name, getattr(ICLSpec, name)), f"icl.{name}", 0)
     spec["features"] = check_choice(t.get("features", ICLSpec.features), "icl.features", get_args(Features))
     spec["scale"] = check_float(t.get("scale", ICLSpec.scale), "icl.scale", lambda x: x > 0, "a number > 0")

@@ -1,9 +1,11 @@
 """The run loop: a case in, a result file out.
 
 It owns depth, stop reasons (finished, mass lost, NaN, Ctrl-C), progress
-and timings; the numerics it calls never print. After every snapshot the
-whole result file is rewritten atomically, so a run that stops for any
-reason leaves a valid file holding every snapshot it reached.
+and timings; the numerics it calls never print. After every snapshot and
+checkpoint the result file is brought up to date by appending
+(:class:`~gridpde.io.append.ResultWriter`: a spare copy is appended to and
+renamed onto the file), so a run that stops for any reason, kill -9
+included, leaves a valid file holding every snapshot it reached.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 
 from gridpde.errors import CaseError, MassLost, NumericalError, RunError, Terminated
 from gridpde.heads import Heads
+from gridpde.io.append import ResultWriter
 from gridpde.io.checkpoint import load_checkpoint, train_datasets
 from gridpde.io.output import claim_output
 from gridpde.io.datasets import risk_datasets, target_datasets, teacher_datasets
-from gridpde.io.results import read_result, write_result
+from gridpde.io.results import read_result
 from gridpde.io.snapshots import Snapshots
 from gridpde.method import Method, make_method
 from gridpde.parallel import SERIAL, Ranks, world
@@ -135,7 +138,7 @@ def forward(case: Case, heads: Heads | None = None, *, method: str | None = None
         NumericalError: the solution became non-finite.
     """
     runner = make_method(case, method)
-    states = runner.initial_states(case.prompts)
+    states = runner.case_states(flow=False)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, snapshots or case.output.snapshots), states)
     for p, st in enumerate(states):
         runner.record(snaps, 0, p, st)
@@ -171,8 +174,8 @@ def run_case(
     training = case.train is not None and case.train.steps > 0
     ranks = world()
     if ranks.size == 1:
-        with claim_output(out):
-            return _run(case, Path(out), runner, training, resume, report, ranks)
+        with claim_output(out), ResultWriter(out) as writer:
+            return _run(case, Path(out), runner, training, resume, report, ranks, writer)
     # rank 0 owns the file: it claims it, and every rank learns whether that worked
     lock, problem = None, None
     if ranks.root:
@@ -184,19 +187,21 @@ def run_case(
     if problem is not None:
         raise CaseError(problem)
     quiet = report if ranks.root else (lambda line: None)
+    writer = ResultWriter(out)  # only rank 0 saves (and so removes its spare)
     try:
-        return _run(case, Path(out), runner, training, resume, quiet, ranks)
+        return _run(case, Path(out), runner, training, resume, quiet, ranks, writer)
     finally:
+        writer.close()
         if lock is not None:
             lock.release()
 
 
 def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, report: Report,
-         ranks: Ranks) -> Snapshots:
+         ranks: Ranks, writer: ResultWriter) -> Snapshots:
     """:func:`run_case` once the output is claimed (every rank runs it; rank 0 writes)."""
     m = case.heads
     warm_up(report, runner)
-    states = runner.initial_states(case.prompts)
+    states = runner.case_states(flow=False)
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
     if resume and not training:  # a forward run: continue from its last complete snapshot
         snaps, states = _resume_forward(case, out, runner, snaps, states)
@@ -213,8 +218,8 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
         if not ranks.root:
             return
         snaps.timings["run"] = progress.elapsed
-        write_result(out, snaps, case_text=case.text, dim=case.dim, method=runner.name,
-                     heads={**heads[0].arrays(), "B": heads[0].B}, attrs=attrs, extra=extra)
+        writer.save(snaps, case_text=case.text, dim=case.dim, method=runner.name,
+                    heads={**heads[0].arrays(), "B": heads[0].B}, attrs=attrs, extra=extra)
 
     def stop(status: str, message: str) -> None:
         snaps.status, snaps.message = status, message

@@ -11,8 +11,10 @@ perturbed by them (the causal mask).
 
 With ``examples = n > 0`` each context is instead n sampled examples of
 weight 1/n (a :class:`~gridpde.prompts.TokensPrompt`): the finite-context
-transformer of the particle method. Everything is drawn from one seeded
-generator, in prompt order.
+transformer of the particle method. Tasks and queries are drawn from one
+generator seeded by ``seed``, in prompt order, and the examples from another
+(seeded by ``seed``, n and ``example_seed``), so that contexts of every size
+n, and every draw of them, share the same tasks and queries.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class ICLSpec:
     queries: int = 16
     examples: int = 0
     seed: int = 0
+    example_seed: int = 0  # another draw of the examples, for the same tasks and queries
 
     def __post_init__(self):
-        for name, lo in (("prompts", 1), ("queries", 1), ("examples", 0), ("seed", 0)):
+        for name, lo in (("prompts", 1), ("queries", 1), ("examples", 0), ("seed", 0), ("example_seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"icl.{name} = {v!r}: expected an integer >= {lo}")
@@ -79,17 +82,19 @@ def regression_prompts(spec: ICLSpec, dim: int) -> tuple[tuple[Prompt, ...], tup
     if not 2 <= dim <= 3:
         raise ValueError(f"icl: dim = {dim}: expected 2 (one feature) or 3 (two features)")
     k = dim - 1
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng([spec.seed, 0])
+    examples = np.random.default_rng([spec.seed, 1, spec.examples, spec.example_seed])
     prompts, queries, tasks = [], [], []
     for _ in range(spec.prompts):
         w = rng.standard_normal(k)
-        if spec.examples:
-            x = _features(spec, rng, spec.examples, k)
-            y = x @ w + spec.noise * rng.standard_normal(spec.examples)
-            prompts.append(TokensPrompt(np.column_stack([x, y])))
-        else:
-            prompts.append(context_law(spec, w))
         xq = _features(spec, rng, spec.queries, k)
         queries.append(Queries(np.column_stack([xq, np.zeros(spec.queries)]), labels=(xq @ w)[:, None]))
         tasks.append(w)
+    for w in tasks:
+        if spec.examples:
+            x = _features(spec, examples, spec.examples, k)
+            y = x @ w + spec.noise * examples.standard_normal(spec.examples)
+            prompts.append(TokensPrompt(np.column_stack([x, y])))
+        else:
+            prompts.append(context_law(spec, w))
     return tuple(prompts), tuple(queries), np.array(tasks)

@@ -141,7 +141,9 @@ def test_gradcheck_with_a_large_eps_retakes_the_checks_on_the_refined_schedule(c
 def test_forward_run_resumes_from_its_last_complete_snapshot_bit_for_bit(tmp_path, monkeypatch, method):
     from gridpde.method import make_method
 
-    doc = case_document(cells=64, prompts=[gaussian([0.2], [[0.5]])], init=(0.9, 4),
+    """Query tokens included: /queries/positions is written, and resumed, like the rest."""
+    doc = case_document(cells=64, prompts=[gaussian([0.2], [[0.5]], queries={"points": [-0.3, 0.4]}),
+                                           gaussian([-0.1], [[0.4]])], init=(0.9, 4),
                         solver={"method": method, "tokens": 50}, output={"snapshots": 6, "plot": False})
     full, part = tmp_path / "full.h5", tmp_path / "part.h5"
     case = tmp_path / "case.toml"
@@ -164,6 +166,9 @@ def test_forward_run_resumes_from_its_last_complete_snapshot_bit_for_bit(tmp_pat
     name = "density" if method == "grid" else "positions"
     with h5py.File(full) as a, h5py.File(part) as b:
         assert b.attrs["status"] == "finished"
-        for key in (name, "mass", "mass_out", "mean", "cov", "steps"):
+        for key in (name, "mass", "mass_out", "mean", "cov", "steps", "queries/positions"):
             np.testing.assert_array_equal(b[key][()], a[key][()])
+        q = a["queries/positions"][()]
+        assert q.shape == (2, 6, 2, 1) and np.all(np.isnan(q[1])) and np.all(np.isfinite(q[0]))
+        assert np.all(q[0, -1] != q[0, 0])  # they moved
     assert main(["run", str(case), "-o", str(part), "--resume", "--no-plot"]) == 2  # finished: nothing to resume

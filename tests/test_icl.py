@@ -55,9 +55,12 @@ def test_generator_is_seeded_and_labels_are_the_tasks_predictions():
         assert np.array_equal(q.labels[:, 0], q.points[:, 0] * w[0])
     uni = regression_prompts(ICLSpec(prompts=2, features="uniform", queries=2), 3)[0]
     assert all(isinstance(p, RegressionPrompt) and p.dim == 3 for p in uni)
-    toks, _, tasks = regression_prompts(ICLSpec(prompts=2, examples=50, noise=0.0), 2)
+    toks, tq, tasks = regression_prompts(ICLSpec(prompts=2, examples=50, noise=0.0), 2)
     assert isinstance(toks[0], TokensPrompt) and toks[0].points.shape == (50, 2)
     assert np.allclose(toks[0].points[:, 1], toks[0].points[:, 0] * tasks[0, 0])
+    # every context size n shares the tasks and queries of the law version
+    law, lq, law_tasks = regression_prompts(ICLSpec(prompts=2, noise=0.1), 2)
+    assert np.array_equal(tasks, law_tasks) and np.array_equal(tq[1].points, lq[1].points)
 
 
 ICL = '''[icl]

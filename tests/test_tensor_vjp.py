@@ -183,3 +183,32 @@ def test_langevin_prime_is_the_derivative_of_langevin():
     lo, hi = langevin_prime(np.nextafter(0.25, 0.0)), langevin_prime(0.25)
     assert abs(lo - hi) <= 4e-15
     assert langevin_prime(0.0) == 1.0 / 3.0
+
+
+def test_denormal_tails_under_the_highest_scores_stay_finite_and_exact():
+    """Cells of 1e-322 where the scores are largest, zeros beyond (a grid density's underflowing tail):
+    the fallback shifts by the largest log-term, so no 1/denormal (was NaN, seen in training)."""
+    from gridpde.attention.tensor import tensor_velocity_numpy
+
+    y1 = np.linspace(-7, 7, 24)
+    y2 = np.linspace(-8.6, 8.6, 24)
+    w = np.zeros((1, 24, 24))
+    w[0, 8:16, 8:16] = np.exp(-((y1[8:16, None] / 2) ** 2 + (y2[None, 8:16] / 2) ** 2))
+    w[0, 0, 20:] = 1.4e-322  # a denormal tail in the corner the scores favour
+    w[0, 1, 18:] = 1e-310
+    w /= w.sum()
+    ys = [np.zeros(1), y1, y2]
+    B = np.zeros((1, 3, 3))
+    B[0, 1:, 1:] = [[111.6, -76.8], [-165.1, 113.7]]
+    V = np.zeros((1, 3, 3))
+    V[0, 1:, 1:] = [[1.0, 0.5], [-0.3, 2.0]]
+    targets = np.zeros((40, 3))
+    targets[:, 1] = -7.0
+    targets[:, 2] = np.linspace(-8, 8, 40)
+    h = np.array([0.0, 14 / 23, 17.2 / 23])
+    out = _forward(targets, w, ys, B, V, h)
+    want, _ = tensor_velocity_numpy(targets, w, *ys, B, V, h)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(want))
+    assert np.abs(out - want).max() <= 1e-10 * np.abs(want).max()
+    wb, Bb, Vb, xb = tensor_velocity_vjp(targets, w, *ys, B, V, h, np.ones((40, 3)), with_targets=True)
+    assert all(np.all(np.isfinite(a)) for a in (Bb, Vb, xb)) and np.all(np.isfinite(wb[w > 1e-300]))

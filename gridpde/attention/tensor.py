@@ -99,14 +99,16 @@ def _factor(z, y, e, ey):
 
 @inline
 def _direct_on_grid(z0, z1, z2, w, y0, y1, y2, m):
-    """Two-pass stabilised sum over all cells; fills m, returns lse."""
+    """Two-pass sum over the cells with w > 0, each term w exp(s) shifted by the largest
+    log-term s + log w (so the normaliser is >= 1, never a denormal, even where the
+    highest-scoring cells hold only tails of 1e-320); fills m, returns lse."""
     n0, n1, n2 = w.shape
     top = -np.inf
     for p in range(n0):
         for q in range(n1):
             for r in range(n2):
                 if w[p, q, r] > 0.0:
-                    s = z0 * y0[p] + z1 * y1[q] + z2 * y2[r]
+                    s = z0 * y0[p] + z1 * y1[q] + z2 * y2[r] + np.log(w[p, q, r])
                     if s > top:
                         top = s
     s0 = 0.0
@@ -122,8 +124,8 @@ def _direct_on_grid(z0, z1, z2, w, y0, y1, y2, m):
         for q in range(n1):
             for r in range(n2):
                 wv = w[p, q, r]
-                if wv != 0.0:  # every cell, as the factorised path (round-off negatives too)
-                    e = wv * np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top)
+                if wv > 0.0:
+                    e = np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] + np.log(wv) - top)
                     s0 += e
                     s1 += e * y0[p]
                     s2 += e * y1[q]
@@ -228,8 +230,10 @@ def tensor_velocity_numpy(targets, w, y0, y1, y2, B, V, h):
     for j in range(M):
         z = targets @ B[j].T
         s = z @ Y.T
-        top = np.where(wf > 0, s, -np.inf).max(axis=1, keepdims=True)
-        p = wf * np.exp(s - top)
+        live = wf > 0
+        logw = np.log(np.where(live, wf, 1.0))
+        top = np.where(live, s + logw, -np.inf).max(axis=1, keepdims=True)
+        p = np.exp(np.where(live, s + logw - top, -np.inf))
         s0 = p.sum(axis=1)
         m = p @ Y / s0[:, None]
         lse[j] = top[:, 0] + np.log(s0)

@@ -207,10 +207,12 @@ def _flush(wb, pe2, pe2y, pal, pbe, k):
 
 @inline
 def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
-    """The underflow branch: two-pass sums over the sources with w > 0.
+    """The underflow branch: two-pass sums over the sources with w > 0, shifted by the largest
+    log-term s + log w as the forward pass (:func:`gridpde.attention.tensor._direct_on_grid`).
 
     Fills mom with (o, E - o, Cov) (o the top source, Cov as 6 entries
-    00 01 02 11 12 22) and adds q_k (y_k - E)·c to wb[k] for w_k > 0.
+    00 01 02 11 12 22) and adds q_k (y_k - E)·c to wb[k] for w_k > 0,
+    q_k = exp(s_k - lse) = e_k / (w_k S0).
     """
     n0, n1, n2 = w.shape
     top = -np.inf
@@ -221,7 +223,7 @@ def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
         for q in range(n1):
             for r in range(n2):
                 if w[p, q, r] > 0.0:
-                    s = z0 * y0[p] + z1 * y1[q] + z2 * y2[r]
+                    s = z0 * y0[p] + z1 * y1[q] + z2 * y2[r] + np.log(w[p, q, r])
                     if s > top:
                         top = s
                         pt = p
@@ -252,7 +254,7 @@ def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
             for r in range(n2):
                 wv = w[p, q, r]
                 if wv > 0.0:
-                    e = wv * np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top)
+                    e = np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] + np.log(wv) - top)
                     a = y0[p] - o0
                     b = y1[q] - o1
                     c = y2[r] - o2
@@ -283,8 +285,9 @@ def _direct_vjp(z0, z1, z2, c0, c1, c2, w, y0, y1, y2, mom, wb):
     for p in range(n0):
         for q in range(n1):
             for r in range(n2):
-                if w[p, q, r] > 0.0:
-                    qk = np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] - top) * inv
+                wv = w[p, q, r]
+                if wv > 0.0:
+                    qk = np.exp(z0 * y0[p] + z1 * y1[q] + z2 * y2[r] + np.log(wv) - top) / wv * inv
                     wb[p, q, r] += qk * (c0 * (y0[p] - o0) + c1 * (y1[q] - o1) + c2 * (y2[r] - o2) - Ec)
 
 

@@ -11,8 +11,8 @@ step, a ``checkpoint`` row the heads after that many steps):
     /checkpoint/Q, K, V, step  the heads to resume from
     /checkpoint/schedules      (prompt, layer) grid depth steps the risk follows
 
-The file is rewritten atomically at every checkpoint (see
-:func:`gridpde.io.results.write_result`), so the last checkpoint always survives.
+The series are appended at every checkpoint (:class:`gridpde.io.append.ResultWriter`:
+to a spare copy renamed onto the file), so the last checkpoint survives a kill -9.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ form netCDF-4 uses, so ``xarray.open_dataset(path, engine="h5netcdf")`` (and
 scales themselves; a dimension without coordinate values (prompt, token, ...)
 is an empty scale named as netCDF names such dimensions.
 
-Each write rewrites the whole file under a temporary name in the same
+Series along ``step`` or ``checkpoint`` (the training record) are chunked and
+resizable along that axis, so a run can append rows in place
+(:mod:`gridpde.io.append`); readers see them at their current length.
+:func:`write_result` writes the whole file under a temporary name in the same
 directory and renames it onto the target, so an interrupted write leaves the
 previous file intact.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,9 @@ HEAD_DIMS = {
 _NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
 _COMPRESS_BYTES = 1 << 20
 _SNAPSHOT_ATTRS = ("status", "message", "depth_done")
+#: axes along which a run appends rows: datasets with one of these first are chunked, resizable along it
+SERIES_AXES = ("step", "checkpoint")
+_SERIES_CHUNK_BYTES = 1 << 12
 
 
 # --------------------------------------------------------------- labelled data
@@ -52,13 +59,16 @@ def write_array(
     A 1-D array whose single dim is its own name is a coordinate and becomes a
     dimension scale; write coordinates before the arrays that use them. Any
     other dim gets (or reuses) an empty netCDF-style dimension scale in
-    ``group``. Arrays above 1 MB are gzip-compressed (level 1).
+    ``group``. Arrays above 1 MB are gzip-compressed (level 1). A series (first
+    dim in ``SERIES_AXES``) is chunked and unlimited along its first axis.
     """
     data = np.asarray(data)
     if data.ndim != len(dims):
         msg = f"{name}: {data.ndim}-D array for dims {dims}"
         raise ValueError(msg)
     extra = {"compression": "gzip", "compression_opts": 1} if data.nbytes > _COMPRESS_BYTES else {}
+    if dims and dims[0] in SERIES_AXES:
+        extra |= _series_layout(data.shape, data.dtype.itemsize)
     ds = group.create_dataset(name, data=data, **extra)
     base = name.rsplit("/", 1)[-1]
     if base in VARIABLES:
@@ -95,6 +105,12 @@ VARIABLES = {
 INDEX_AXES = ("prompt", "token", "dim", "dim2", "layer", "head", "head_dim", "step", "checkpoint", "query")
 
 
+def _series_layout(shape: tuple[int, ...], itemsize: int) -> dict:
+    """Chunks of about 4 kB along the first axis, and no limit on that axis."""
+    row = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    return {"chunks": (max(1, _SERIES_CHUNK_BYTES // max(row, 1)), *shape[1:]), "maxshape": (None, *shape[1:])}
+
+
 def _dimension(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
     """The dimension scale of ``name`` and length ``size`` for ``group``, made if missing.
 
@@ -117,7 +133,9 @@ def _dimension(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
                 scale.attrs[key] = root[name].attrs[key]
         return scale
     if name in INDEX_AXES:
-        scale = group.create_dataset(name, data=np.arange(size, dtype=np.int64))
+        index = np.arange(size, dtype=np.int64)
+        layout = _series_layout(index.shape, index.itemsize) if name in SERIES_AXES else {}
+        scale = group.create_dataset(name, data=index, **layout)
         scale.make_scale(name)
         scale.attrs["long_name"] = f"{name} index"
         return scale
@@ -173,20 +191,28 @@ def write_result(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
-            _write(f, snaps, case_text=case_text, dim=dim, method=method, heads=heads, attrs=attrs)
-            for name, (data, dims) in (extra or {}).items():
-                group, _, leaf = name.rpartition("/")
-                write_array(f.require_group(group) if group else f, leaf, data, dims)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(tmp, snaps, case_text=case_text, dim=dim, method=method, heads=heads, attrs=attrs, extra=extra)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_file(path: Path, snaps: Snapshots, *, heads: dict[str, np.ndarray], extra: dict | None = None,
+               **meta: Any) -> None:
+    """Write the whole result file at ``path`` (created or truncated) and fsync it; no rename."""
+    with h5py.File(path, "w") as f:
+        _write(f, snaps, heads=heads, extra=extra, **meta)
+    fsync(path)
+
+
+def fsync(path: Path) -> None:
+    """Push ``path``'s contents to the disk (so a rename after it never exposes a short file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write(
@@ -198,7 +224,16 @@ def _write(
     method: str,
     heads: dict[str, np.ndarray],
     attrs: dict[str, Any] | None,
-) -> None:
+    extra: dict[str, tuple[Any, tuple[str, ...]]] | None = None,
+    put: Callable[[h5py.Group, str, Any, tuple[str, ...]], Any] | None = None,
+    set_attrs: bool = True,
+) -> dict[str, Any]:
+    """Every root attribute and dataset of a result file, into ``f``; returns the root attributes.
+
+    ``put`` writes each dataset: :func:`write_array` (None) for a new file, an updater
+    of :func:`gridpde.io.append.sync` to bring an existing one up to date (which
+    sets the attributes itself: ``set_attrs=False``).
+    """
     root = {
         "gridpde_version": gridpde.__version__,
         "schema_version": gridpde.SCHEMA_VERSION,
@@ -211,32 +246,43 @@ def _write(
     }
     root |= {f"time_{k}": float(v) for k, v in snaps.timings.items()}
     root |= {k: v for k, v in (attrs or {}).items() if v is not None}
-    for key, value in root.items():
-        f.attrs[key] = _attr(value)
+    put = put or write_array
+    if set_attrs:
+        for key, value in root.items():
+            f.attrs[key] = _attr(value)
 
     pd = ("prompt", "depth")
-    write_array(f, "depth", snaps.depth, ("depth",))
+    put(f, "depth", snaps.depth, ("depth",))
     if snaps.density is not None:
         axes = AXES[: snaps.density.ndim - 2]
         for name, c in zip(axes, snaps.centres, strict=True):
-            write_array(f, name, c, (name,))
-        write_array(f, "density", snaps.density, pd + axes)
+            put(f, name, c, (name,))
+        put(f, "density", snaps.density, pd + axes)
     if snaps.positions is not None:
-        write_array(f, "positions", snaps.positions, pd + ("token", "dim"))
-        write_array(f, "weights", snaps.weights, ("prompt", "token"))
-    write_array(f, "mass", snaps.mass, pd)
-    write_array(f, "mass_out", snaps.mass_out, pd)
+        put(f, "positions", snaps.positions, pd + ("token", "dim"))
+        put(f, "weights", snaps.weights, ("prompt", "token"))
+    put(f, "mass", snaps.mass, pd)
+    put(f, "mass_out", snaps.mass_out, pd)
     if snaps.steps is not None:
-        write_array(f, "steps", snaps.steps, pd)
-    write_array(f, "mean", snaps.mean, pd + ("dim",))
-    write_array(f, "cov", snaps.cov, pd + ("dim", "dim2"))
+        put(f, "steps", snaps.steps, pd)
+    put(f, "mean", snaps.mean, pd + ("dim",))
+    put(f, "cov", snaps.cov, pd + ("dim", "dim2"))
+    if snaps.queries is not None:
+        put(f.require_group("queries"), "positions", snaps.queries, pd + ("query", "dim"))
 
-    g = f.create_group("heads")
+    g = f.require_group("heads")
     for name, value in heads.items():
         if name not in HEAD_DIMS:
             msg = f"heads: unknown array {name!r}, expected one of {sorted(HEAD_DIMS)}"
             raise ValueError(msg)
-        write_array(g, name, value, HEAD_DIMS[name])
+        put(g, name, value, HEAD_DIMS[name])
+    groups = {"": f}
+    for name, (data, dims) in (extra or {}).items():
+        group, _, leaf = name.rpartition("/")
+        if group not in groups:
+            groups[group] = f.require_group(group)
+        put(groups[group], leaf, data, dims)
+    return root
 
 
 def add_datasets(path: str | Path, extra: dict[str, tuple[Any, tuple[str, ...]]]) -> None:
@@ -346,6 +392,7 @@ def read_result(path: str | Path) -> Result:
             positions=get("positions"),
             weights=get("weights"),
             steps=get("steps"),
+            queries=get("queries/positions"),
             done=int(attrs.get("depth_done", 0)),
             status=str(attrs.get("status", "running")),
             message=str(attrs.get("message", "")),
@@ -395,8 +442,10 @@ def describe(path: str | Path) -> str:
         lines.append("datasets:")
 
         def visit(name: str, obj: Any) -> None:
+            if not isinstance(obj, h5py.Dataset):  # a group (/heads, /train, /checkpoint, ...)
+                return
             index = name.rsplit("/", 1)[-1] in INDEX_AXES and obj.ndim == 1 and obj.dtype.kind == "i"
-            if isinstance(obj, h5py.Dataset) and not _is_dimension_only(obj) and not index:
+            if not _is_dimension_only(obj) and not index:
                 lines.append(f"  /{name:<14} {_dims(obj)} {obj.dtype}")
 
         f.visititems(visit)

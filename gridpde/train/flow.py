@@ -43,7 +43,7 @@ from functools import partial
 import numpy as np
 
 from gridpde.spec import TrainSpec
-from gridpde.errors import RunError
+from gridpde.errors import NumericalError, RunError
 from gridpde.heads import Heads, conditional_wasserstein
 from gridpde.objective.problem import Problem, RiskResult
 
@@ -215,8 +215,10 @@ def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
         x = state.heads.flat() - lr * scale * res.grad.flat()
         try:
             new = _evaluate(problem, state.heads, x, version, evaluations)
-        except RunError as exc:  # e.g. the trial heads push mass out of the box
+        except (RunError, NumericalError) as exc:  # e.g. the trial heads push mass out of the box, or overflow
             if not spec.backtrack:
+                if isinstance(exc, NumericalError):
+                    raise
                 raise RunError(f"training step {state.step + 1}: {exc}") from None
             new, failure = None, str(exc)
         if new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk)):

@@ -19,6 +19,7 @@ STUDY_NAMES = (
     "ntk-families",
     "table-2d",
     "queries-1d",
+    "queries-mixture-1d",
     "readout-1d",
     "flowmap-1d",
     "gaussian-2d-moments",

@@ -18,10 +18,11 @@ from gridpde.grid.queries import advect
 from gridpde.heads import Heads
 from gridpde.objective.problem import Problem
 from gridpde.particles.solver import ParticleForward
-from gridpde.prompts import GaussianPrompt, Queries, gaussian_cell_averages
+from gridpde.grid.mesh import Grid
+from gridpde.prompts import GaussianPrompt, MixturePrompt, Queries, gaussian_cell_averages
 from gridpde.spec import Case, GridSpec, LossSpec, SolverSpec
 from gridpde.validation.gaussian import gaussian_queries
-from gridpde.validation.problems import GaussianProblem, fitted_order
+from gridpde.validation.problems import GaussianProblem, fitted_order, gaussian_problem
 
 
 def problem_queries(problem: GaussianProblem, count: int = 5) -> np.ndarray:
@@ -163,3 +164,28 @@ def flowmap_convergence(problem: GaussianProblem, points=(1, 2, 3, 4, 6, 8), cel
     h = [float(problem.grid(n).dx.max()) for n in cells]
     return {"points": list(points), "quadrature_change": [abs(r - fine[-1]) / ref for r in fine],
             "cells": list(cells), "grid_vs_particles": rel, "order": fitted_order(h, rel), "particles": ref}
+
+
+def mixture_query_agreement(cells=(50, 100, 200, 400), tokens: int = 4096):
+    """Grid against particles where no closed form exists: a two-bump 1-D prompt under the 1-D problem's
+    heads. Query paths on n cells against those among ``tokens`` quadrature tokens (RK4 x 16).
+
+    Returns:
+        dict: "cells", "error" (max |X_grid - X_particles| at s = 1), "order" (fitted in h).
+    """
+    problem = gaussian_problem(1)
+    prompt = MixturePrompt([0.5, 0.5], [[-0.6], [0.9]], [[[0.2]], [[0.3]]])
+    X0 = np.array([[-1.0], [-0.2], [0.4], [1.3]])
+    Xt, w = prompt.tokens(tokens)
+    n = len(w)
+    ref = ParticleForward(problem.B, problem.V, "rk4", 16).solve(
+        np.concatenate([Xt, X0]), np.concatenate([w, np.zeros(len(X0))]), 0, problem.B.shape[0] * 16)[n:]
+    errs, hs = [], []
+    for m in cells:
+        grid = Grid((-6.0,), (6.0,), (m,))
+        solver = GridForward(grid, problem.B, problem.V, "vanleer")
+        tape = Tape()
+        solver.solve(prompt.cell_averages(grid), 0.0, 1.0, tape=tape)
+        errs.append(float(np.abs(advect(solver, tape.steps, X0)[0] - ref).max()))
+        hs.append(float(grid.dx[0]))
+    return {"cells": list(cells), "error": errs, "order": fitted_order(hs, errs)}

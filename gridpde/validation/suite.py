@@ -295,6 +295,19 @@ def query_paths(dim: int, cells, tokens, order: float, tol: float) -> Callable[[
     return study
 
 
+def queries_mixture(cells, order: float) -> Callable[[], Iterator[Check]]:
+    """Grid query paths against particle ones on a two-bump 1-D prompt (no closed form)."""
+
+    def study() -> Iterator[Check]:
+        r = qs.mixture_query_agreement(cells)
+        detail = "n = " + ",".join(map(str, cells)) + "; |grid - particles| " + ", ".join(
+            f"{e:.2e}" for e in r["error"])
+        yield Check("queries-mixture-1d: grid vs particles order", r["order"], f">= {order}", r["order"] >= order,
+                    detail)
+
+    return study
+
+
 def readout_oracle(dim: int, cells, order: float, tol: float) -> Callable[[], Iterator[Check]]:
     """The readout risk's gradient against the oracle's (central differences of the moment ODE)."""
 
@@ -341,6 +354,7 @@ QUICK = {
     "ntk-families": ntk_families,
     "table-2d": table_accuracy(2, 48, 1e-8),
     "queries-1d": query_paths(1, (32, 64, 128), (16, 256), 1.8, 1e-8),
+    "queries-mixture-1d": queries_mixture((50, 100, 200, 400), 1.8),
     "readout-1d": readout_oracle(1, (50, 100, 200), 1.8, 1e-6),
     "flowmap-1d": flowmap_risk(1, (32, 64, 128), 1.8),
 }
@@ -371,6 +385,7 @@ FULL = {
     "table-2d": table_accuracy(2, 96, 1e-9),
     "table-3d": table_accuracy(3, 24, 1e-6, scale=0.4),
     "queries-1d": query_paths(1, (32, 64, 128, 256), (16, 256), 1.8, 1e-8),
+    "queries-mixture-1d": queries_mixture((50, 100, 200, 400, 800), 1.8),
     "queries-2d": query_paths(2, (16, 32, 64), (256, 1024), 1.8, 1e-8),
     "readout-1d": readout_oracle(1, (50, 100, 200, 400), 1.8, 1e-6),
     "readout-2d": readout_oracle(2, (16, 32, 64), 1.8, 1e-6),
