@@ -77,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     from gridpde._numba import prefer_workqueue
 
     prefer_workqueue()
-    previous = signal.signal(signal.SIGTERM, _terminate)
     from gridpde.parallel import world
+
+    ranks = world()
+    if ranks.size > 1:  # every rank gets the signal: stop together at the next agreed point
+        previous_int = signal.signal(signal.SIGINT, lambda signum, frame: ranks.note_stop(signum))
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: ranks.note_stop(signum))
+    else:
+        previous_int = signal.getsignal(signal.SIGINT)
+        previous = signal.signal(signal.SIGTERM, _terminate)
 
     def say(line: str) -> None:  # under MPI every rank ends alike; rank 0 says how
         if world().root:
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _terminate(signum, frame):

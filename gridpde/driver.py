@@ -115,6 +115,7 @@ def advance_snapshots(runner: Method, solver, states: list, snaps: Snapshots,
         snaps.done = k + 1
         if after is not None:
             after()
+        ranks.agree_stop()
         for p, st in enumerate(states):
             runner.check_mass(st, p, f"at depth s = {depth[k]:.4g}")
 
@@ -327,6 +328,7 @@ def _train(case, problem, current: list[Heads], out, resume, extra, save, report
     depth = [record.depth_steps[-1] if record.depth_steps else problem.depth_steps]
 
     def on_step(st: TrainState, rec: TrainRecord) -> None:
+        problem.ranks.agree_stop()
         if rec.depth_steps[-1] != depth[0]:
             report(f"  train step {st.step}: depth steps refined for positivity, {depth[0]} -> "
                    f"{rec.depth_steps[-1]} per evaluation (the discrete risk changed; the step was retaken)")
@@ -338,6 +340,7 @@ def _train(case, problem, current: list[Heads], out, resume, extra, save, report
                    f"W_c {rec.w_c[-1]:.3e}: lr {rec.lr[-1]:.3g}, {rec.evaluations[-1]} evaluation(s)")
 
     def on_inner(step: int, evaluations: int, risk: float) -> None:
+        problem.ranks.agree_stop()
         now = time.perf_counter()
         if now - last["any"] >= 2.0:
             last["any"] = now
@@ -351,7 +354,8 @@ def _train(case, problem, current: list[Heads], out, resume, extra, save, report
         state = train(problem, case.train, state, initial, record, on_step=on_step, checkpoint=checkpoint,
                       on_inner=on_inner)
     except BaseException:
-        checkpoint(state, record, history=False)
+        # a stop between a step and its scheduled checkpoint still puts that step into the history
+        checkpoint(state, record, history=state.step % case.train.checkpoint_every == 0)
         raise
     checkpoint(state, record)
     attrs["train_stop"] = state.message

@@ -13,6 +13,14 @@ others waiting in a collective: :meth:`Ranks.run` catches the exception,
 the ranks exchange what happened, and every rank raises the same exception,
 the one of the lowest prompt, with its message.
 
+Ctrl-C and SIGTERM reach every rank (mpiexec forwards them), each at its
+own moment, maybe while another rank waits in a collective. Under MPI the
+command line therefore only notes the signal (:meth:`Ranks.note_stop`), and
+the run loop asks at points every rank passes alike (after each snapshot,
+training step and inner iterate: :meth:`Ranks.agree_stop`); there every rank
+raises the same KeyboardInterrupt (or Terminated) together, so rank 0 saves
+the last checkpoint and all exit with the same status.
+
 Without mpi4py, or with one process, :data:`SERIAL` is used and nothing is
 communicated. Numba threads per rank come from ``NUMBA_NUM_THREADS``.
 """
@@ -32,6 +40,8 @@ class Ranks:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
+        #: the stop signal noted on this rank: 0 none, 1 Ctrl-C (SIGINT), 2 SIGTERM
+        self.stop_code = 0
 
     @property
     def root(self) -> bool:
@@ -72,6 +82,26 @@ class Ranks:
         for part, _ in parts:
             merged.update(part)
         return [merged[p] for p in range(P)]
+
+    def note_stop(self, signum: int) -> None:
+        """A signal handler's part under MPI: remember the stop, act at the next :meth:`agree_stop`."""
+        import signal
+
+        self.stop_code = max(self.stop_code, 2 if signum == signal.SIGTERM else 1)
+
+    def agree_stop(self) -> None:
+        """Every rank raises Terminated (SIGTERM) or KeyboardInterrupt (Ctrl-C) if any rank noted one."""
+        if self.comm is None:
+            return
+        from mpi4py import MPI
+
+        from gridpde.errors import Terminated
+
+        code = self.comm.allreduce(self.stop_code, op=MPI.MAX)
+        if code == 2:
+            raise Terminated()
+        if code == 1:
+            raise KeyboardInterrupt()
 
     def bcast(self, value):
         return value if self.comm is None else self.comm.bcast(value, root=0)

@@ -71,3 +71,43 @@ def test_a_failure_on_one_rank_stops_every_rank_with_the_same_status(tmp_path):
     assert "prompt 1" in par.stderr and par.stderr.count("gridpde: run failed") == 1
     with h5py.File(tmp_path / "mpi.h5") as f:
         assert f.attrs["status"] == "mass_lost"
+
+
+def test_sigterm_under_mpi_saves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
+    """mpiexec forwards SIGTERM to every rank; they stop together at the next step (exit 143, status
+    interrupted), and --resume under MPI ends with the serial run's file."""
+    import signal
+    import time
+
+    doc = case_document(cells=48, box=8.0, prompts=PROMPTS, init=(0.7, 1), teacher=(0.7, 2),
+                        solver={"scheme": "upwind", "time": "euler", "mass_tol": 1e-3},
+                        train={"steps": 60, "lr": 0.2, "checkpoint_every": 1},
+                        output={"snapshots": 3, "plot": False})
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    serial = _run(["run", str(case), "-o", "serial.h5"], 1, tmp_path)
+    assert serial.returncode == 0, serial.stderr
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "gridpde", "run", str(case), "-o", "mpi.h5"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "train step 1 taken" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 143, err
+    assert err.count("gridpde: stopped by SIGTERM") == 1, err
+    with h5py.File(tmp_path / "mpi.h5") as f:
+        assert f.attrs["status"] == "interrupted"
+        assert 1 <= f.attrs["train_step"] < 60
+    par = _run(["run", str(case), "-o", "mpi.h5", "--resume"], 2, tmp_path)
+    assert par.returncode == 0, par.stderr
+    a, attrs_a = _datasets(tmp_path / "serial.h5")
+    b, attrs_b = _datasets(tmp_path / "mpi.h5")
+    assert attrs_a == attrs_b
+    for name in sorted(set(a) - {"train/seconds"}):
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)

@@ -296,6 +296,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
                 finite = np.isfinite(new.risk) and np.all(np.isfinite(new.grad.flat()))
             except RunError:  # e.g. mass leaving the box: a rise
                 new, finite = None, True
+            except NumericalError as exc:  # the trial overflowed: a rise, unless even the smallest trial does
+                new, finite, overflow = None, False, exc
             if new is not None and finite:
                 phi_t = new.risk + 0.5 * c * np.sum((xt - x0) ** 2)
                 if phi_t <= phi + ARMIJO * alpha * slope:
@@ -304,6 +306,8 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             alpha *= 0.5
         if accepted is None:
             if not finite:  # even the smallest trial step gives NaN: not a matter of step size
+                if new is None:
+                    raise overflow
                 _check_finite(new, state.step + 1)
             break
         g_t = accepted.grad.flat() + c * (xt - x0)
