@@ -67,13 +67,24 @@ def spd_problem(cov: np.ndarray) -> str:
     return ""
 
 
+#: token weights below this fraction of the largest are set to 0: they carry no mass in float64 sums, and as
+#: the only term of an attention normaliser (the largest score on a tiny weight) they would make it denormal
+#: (the direct attention kernels drop such sources alike: ``gridpde.attention.direct.WEIGHT_FLOOR``)
+WEIGHT_FLOOR = 1e-300
+
+
 def normalised_weights(w: np.ndarray, positive: bool) -> np.ndarray:
-    """w / sum(w) computed without overflow; ValueError unless w > 0 (or >= 0) with a positive sum."""
+    """w / sum(w) computed without overflow; ValueError unless w > 0 (or >= 0) with a positive sum.
+
+    Non-negative weights (tokens) below ``WEIGHT_FLOOR`` times the largest become 0.
+    """
     w = np.asarray(w, dtype=np.float64)
     ok = np.all(np.isfinite(w)) and (np.all(w > 0) if positive else np.all(w >= 0)) and np.any(w > 0)
     if not ok:
         raise ValueError("positive numbers" if positive else "non-negative numbers with a positive sum")
     w = w / w.max()
+    if not positive:
+        w = np.where(w >= WEIGHT_FLOOR, w, 0.0)
     return w / w.sum()
 
 
@@ -509,10 +520,11 @@ def _deposit_tokens(grid: Grid, points: np.ndarray, weights: np.ndarray, where: 
 
 
 def _keep_positive(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens X (..., d) with weights w (...): zero weights dropped, the rest normalised."""
+    """Tokens X (..., d) with weights w (...): weights below ``WEIGHT_FLOOR`` of the largest dropped, the rest
+    normalised."""
     X = X.reshape(-1, X.shape[-1])
     w = w.ravel()
-    keep = w > 0
+    keep = w > WEIGHT_FLOOR * w.max()
     return X[keep], w[keep] / w[keep].sum()
 
 

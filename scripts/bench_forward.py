@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gridpde._numba import kernel  # noqa: E402
 from gridpde.attention.direct import attention_velocity  # noqa: E402
 from gridpde.attention.fastexp import fast_exp  # noqa: E402
-from gridpde.attention.reference import reference_velocity  # noqa: E402
+from gridpde.twins.attention import reference_velocity  # noqa: E402
 
 COLUMNS = ("bench", "case", "time_s", "rate", "unit", "note")
 

@@ -6,7 +6,7 @@ import pytest
 from gridpde._numba import kernel
 from gridpde.attention.direct import attention_velocity, direct_velocity
 from gridpde.attention.fastexp import fast_exp
-from gridpde.attention.reference import reference_velocity
+from gridpde.twins.attention import reference_velocity
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")
@@ -261,3 +261,30 @@ def test_huge_scores_match_the_shifted_softmax(d, token_scale):
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(lse))
     np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12 * np.abs(ref_out).max())
     np.testing.assert_allclose(lse, ref_lse, rtol=1e-12)
+
+
+def test_a_denormal_weight_on_the_top_score_is_dropped_not_a_division_by_a_denormal():
+    """Quadrature tokens of a thin Gaussian once held weights of 1e-320 in the corners of their box; with
+    large heads such a token had the largest score and the normaliser was denormal (ZeroDivisionError,
+    seen training in-context regression). Sources below WEIGHT_FLOOR of the heaviest are dropped, in the
+    forward kernel, its VJP and the prompts' weights alike."""
+    from gridpde.attention import direct
+    from gridpde.attention.direct_vjp import direct_velocity_vjp
+    from gridpde.prompts import WEIGHT_FLOOR, GaussianPrompt, normalised_weights
+
+    assert WEIGHT_FLOOR == direct.WEIGHT_FLOOR
+    X = np.zeros((3, 3))
+    X[:, 2] = [0.0, 0.5, 8.0]
+    w = np.array([0.6, 0.4, 1e-320])
+    B = np.zeros((1, 3, 3))
+    B[0, 2, 2] = 200.0
+    V = np.zeros((1, 3, 3))
+    V[0, 2, 2] = 1.0
+    out, _ = direct.attention_velocity(X, X, w, B, V)
+    ref, _ = direct.attention_velocity(X, X[:2], w[:2], B, V)
+    assert np.all(np.isfinite(out)) and np.array_equal(out, ref)
+    Xb, Bb, Vb = direct_velocity_vjp(X, w, B, V, np.ones((3, 3)))
+    assert all(np.all(np.isfinite(a)) for a in (Xb, Bb, Vb))
+    assert np.array_equal(normalised_weights(np.array([1.0, 1e-320]), positive=False), [1.0, 0.0])
+    X, w = GaussianPrompt([0.0, 0.0], [[0.25, 0.5], [0.5, 1.01]]).tokens(1024)
+    assert w.min() >= WEIGHT_FLOOR * w.max()

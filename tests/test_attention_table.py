@@ -5,6 +5,7 @@ import gridpde._numba as gnumba
 from gridpde.attention import table as tb
 from gridpde.attention.tensor import tensor_velocity
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
+from gridpde.twins.attention import evaluate_numpy, evaluate_vjp_numpy
 
 SHAPES = [(1, 1, 40), (1, 24, 20), (8, 9, 10)]  # padded 1-D, 2-D and 3-D layouts
 
@@ -138,11 +139,11 @@ def _table(rng, shape, tol=1e-9, kind=None, M=3):
 def test_numba_matches_numpy_twins(rng, shape, build):
     targets, w, ys, B, V, h, ix, info, out = _table(rng, shape)
     table = info["table"]
-    assert _rel(out, tb.evaluate_numpy(table, targets, B, V)) <= 1e-13
+    assert _rel(out, evaluate_numpy(table, targets, B, V)) <= 1e-13
     ubar = rng.normal(size=targets.shape)
     ubar[::4] = 0.0
     got = tb.evaluate_vjp(table, targets, B, V, ubar)
-    ref = tb.evaluate_vjp_numpy(table, targets, B, V, ubar)
+    ref = evaluate_vjp_numpy(table, targets, B, V, ubar)
     for g, r in zip(got, ref):
         assert _rel(g, r) <= 1e-12
 

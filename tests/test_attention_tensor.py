@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from gridpde.attention.tensor import EXP_ANCHOR, exp_row, langevin, tensor_velocity, tensor_velocity_numpy
+from gridpde.attention.tensor import EXP_ANCHOR, exp_row, langevin, tensor_velocity
 from gridpde.grid.mesh import Grid
 from gridpde.heads import pad3
 from gridpde.prompts import gaussian_cell_averages
+from gridpde.twins.attention import tensor_velocity_numpy
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")

@@ -5,11 +5,8 @@ import numpy as np
 import pytest
 
 from gridpde.attention.direct import attention_velocity
-from gridpde.attention.direct_vjp import (
-    direct_velocity_jvp_numpy,
-    direct_velocity_vjp,
-    direct_velocity_vjp_numpy,
-)
+from gridpde.attention.direct_vjp import direct_velocity_vjp
+from gridpde.twins.attention import direct_velocity_jvp_numpy, direct_velocity_vjp_numpy
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")

@@ -1,6 +1,6 @@
 import numpy as np
 from gridpde.attention.direct import attention_velocity
-from gridpde.attention.reference import reference_velocity
+from gridpde.twins.attention import reference_velocity
 from gridpde.attention.tensor import tensor_velocity
 from gridpde.prompts import GaussianPrompt, TokensPrompt, UniformPrompt
 from gridpde.grid.forward import GridForward

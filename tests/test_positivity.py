@@ -18,7 +18,8 @@ from gridpde.objective.problem import Problem
 from gridpde.grid.forward import GridForward, Tape
 from gridpde.grid.mesh import Grid
 from gridpde.prompts import gaussian_cell_averages, uniform_cell_averages
-from gridpde.grid.transport import LIMITER_CODES, slope_and_coeffs, slope_coeffs_numpy
+from gridpde.grid.transport import LIMITER_CODES, slope_and_coeffs
+from gridpde.twins.transport import slope_coeffs_numpy
 from gridpde._numba import kernel
 
 

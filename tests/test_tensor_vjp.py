@@ -3,12 +3,8 @@ import numpy as np
 import pytest
 
 from gridpde.attention.tensor import UNDERFLOW, langevin, tensor_velocity
-from gridpde.attention.tensor_vjp import (
-    langevin_prime,
-    tensor_velocity_jvp_numpy,
-    tensor_velocity_vjp,
-    tensor_velocity_vjp_numpy,
-)
+from gridpde.attention.tensor_vjp import langevin_prime, tensor_velocity_vjp
+from gridpde.twins.attention import tensor_velocity_jvp_numpy, tensor_velocity_numpy, tensor_velocity_vjp_numpy
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")
@@ -188,8 +184,6 @@ def test_langevin_prime_is_the_derivative_of_langevin():
 def test_denormal_tails_under_the_highest_scores_stay_finite_and_exact():
     """Cells of 1e-322 where the scores are largest, zeros beyond (a grid density's underflowing tail):
     the fallback shifts by the largest log-term, so no 1/denormal (was NaN, seen in training)."""
-    from gridpde.attention.tensor import tensor_velocity_numpy
-
     y1 = np.linspace(-7, 7, 24)
     y2 = np.linspace(-8.6, 8.6, 24)
     w = np.zeros((1, 24, 24))

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from gridpde.grid.transport import LIMITER_CODES, Transport, fv_rhs_numpy
+from gridpde.grid.transport import LIMITER_CODES, Transport
+from gridpde.twins.transport import fv_rhs_numpy
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from gridpde.grid.transport import LIMITER_CODES, Transport
-from gridpde.grid.transport_vjp import TransportVJP, transport_jvp_numpy, transport_vjp
+from gridpde.grid.transport_vjp import TransportVJP, transport_vjp
+from gridpde.twins.transport import transport_jvp_numpy
 
 #: every test here runs with the serial and with the parallel kernel builds
 pytestmark = pytest.mark.usefixtures("kernel_build")

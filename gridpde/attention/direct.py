@@ -10,8 +10,9 @@ For target x, head j, z = B_j x:
 
 Per head and pair of targets two passes over the sources: the max score (over
 sources with w_k > 0), then the shifted exponentials and the sums; one sweep
-serves two targets. No T x N matrix is formed. Sources with w_k = 0 (or NaN,
-which the wrapper rejects) are dropped, and leading coordinate columns that are
+serves two targets. No T x N matrix is formed. Sources with w_k = 0, or below
+``WEIGHT_FLOOR`` (1e-300) of the largest weight (a denormal weight on the top
+score would make the normaliser denormal; NaN the wrapper rejects), are dropped, and leading coordinate columns that are
 zero for every source (the padding) are skipped, so a 2-D problem costs 2-D
 work. ``exp`` is ``fast_exp`` (vectorisable, <= 1e-14 relative).
 
@@ -25,6 +26,9 @@ from numba import prange
 from gridpde.attention.small import matvec3
 from gridpde._numba import inline, kernel
 from gridpde.attention.fastexp import fast_exp
+
+#: sources lighter than this fraction of the heaviest are dropped (also by the VJP; prompts floor their weights alike)
+WEIGHT_FLOOR = 1e-300
 
 __all__ = ["direct_velocity", "attention_velocity"]
 
@@ -177,16 +181,21 @@ def direct_velocity(targets, sources, weights, B, V, out, lse):
     N = sources.shape[0]
     M = B.shape[0]
 
-    # compact the sources with w > 0 into coordinate-major arrays
+    # compact the sources with w > WEIGHT_FLOOR max w (> 0) into coordinate-major arrays
+    wmax = 0.0
+    for k in range(N):
+        if weights[k] > wmax:
+            wmax = weights[k]
+    floor = WEIGHT_FLOOR * wmax
     n = 0
     for k in range(N):
-        if weights[k] > 0.0:
+        if weights[k] > floor:
             n += 1
     ys = np.empty((3, n))
     ws = np.empty(n)
     i = 0
     for k in range(N):
-        if weights[k] > 0.0:
+        if weights[k] > floor:
             ws[i] = weights[k]
             for c in range(3):
                 ys[c, i] = sources[k, c]

@@ -33,8 +33,8 @@ Two numba passes, neither forms an n x n matrix:
 Both use the forward kernel's stabilisation (max shift, ``fast_exp``) and its
 layout trick (leading coordinates zero for every kept source are skipped in
 the score sums; pass 2 takes the short path only when z and a are zero there
-too, which holds for padded B and V). Cost ~ 2 forward calls. The plain-numpy
-twins below form n x n matrices (tests only, small n).
+too, which holds for padded B and V). Cost ~ 2 forward calls. Its plain-numpy
+twins in :mod:`gridpde.twins.attention` form n x n matrices (tests only, small n).
 """
 
 import numpy as np
@@ -42,9 +42,10 @@ from numba import prange
 
 from gridpde.attention.small import matvec3, rmatvec3
 from gridpde._numba import inline, kernel
+from gridpde.attention.direct import WEIGHT_FLOOR
 from gridpde.attention.fastexp import fast_exp
 
-__all__ = ["direct_velocity_vjp", "direct_velocity_jvp_numpy", "direct_velocity_vjp_numpy"]
+__all__ = ["direct_velocity_vjp"]
 
 
 # ---------------------------------------------------------------- pass 1: targets
@@ -302,13 +303,14 @@ def direct_velocity_vjp(X, w, B, V, ubar):
     Returns:
         (X_bar (n, 3), B_bar (M, 3, 3), V_bar (M, 3, 3)) with
         <ubar, d out> = <X_bar, dX> + <B_bar, dB> + <V_bar, dV> for all
-        directions. Weights w_k = 0 sources do not act as sources. All
+        directions. Sources of weight 0 (or below ``WEIGHT_FLOOR`` of the largest,
+        as in the forward kernel) do not act as sources. All
         inputs float64; any layout (copied to C order).
     """
     _validate(X, w, B, V, ("ubar", ubar, X.shape))
     X, w, B, V, ubar = (np.ascontiguousarray(a) for a in (X, w, B, V, ubar))
     n, M = X.shape[0], B.shape[0]
-    keep = np.flatnonzero(w > 0.0)
+    keep = np.flatnonzero(w > WEIGHT_FLOOR * w.max()) if w.size else np.zeros(0, dtype=np.int64)
     if keep.size == 0:  # out = 0 whatever X, B, V
         return np.zeros((n, 3)), np.zeros((M, 3, 3)), np.zeros((M, 3, 3))
     ys = np.ascontiguousarray(X[keep].T)  # (3, n_kept)
@@ -334,53 +336,4 @@ def direct_velocity_vjp(X, w, B, V, ubar):
     X_bar[keep] += ybar
     B_bar = np.einsum("jai,ib->jab", Zb, X)
     V_bar = np.einsum("ia,jbi->jab", ubar, E) / M
-    return X_bar, B_bar, V_bar
-
-
-# ---------------------------------------------------------------- numpy twins (tests)
-
-
-def _softmax_parts(X, w, B):
-    """P (M, n, n) tilted weights over the kept sources, z (M, n, 3), E (M, n, 3)."""
-    z = np.einsum("jab,ib->jia", B, X)
-    s = np.einsum("jia,ka->jik", z, X)
-    s = np.where(w > 0.0, s, -np.inf)
-    P = np.exp(s - s.max(axis=2, keepdims=True)) * w
-    P /= P.sum(axis=2, keepdims=True)
-    E = P @ X
-    return P, z, E
-
-
-def direct_velocity_jvp_numpy(X, w, B, V, dX, dB, dV):
-    """d out for a direction (dX, dB, dV): plain numpy, forms (M, n, n) arrays.
-
-    d out_i = (1/M) sum_j [dV_j E_ij + V_j dE_ij],
-    dE_ij = Cov_ij (dB_j x_i + B_j dx_i) + sum_k P_ijk [dy_k + (y_k - E_ij) (z_ij . dy_k)].
-    """
-    M = B.shape[0]
-    if not np.any(w > 0.0):
-        return np.zeros_like(X)
-    P, z, E = _softmax_parts(X, w, B)
-    dz = np.einsum("jab,ib->jia", dB, X) + np.einsum("jab,ib->jia", B, dX)
-    U = X[None, None, :, :] - E[:, :, None, :]  # (M, n, n, 3): y_k - E_ij
-    cov_dz = np.einsum("jik,jika,jikb,jib->jia", P, U, U, dz)
-    zdy = np.einsum("jia,ka->jik", z, dX)
-    dE = cov_dz + P @ dX + np.einsum("jik,jika,jik->jia", P, U, zdy)
-    return (np.einsum("jab,jib->ia", dV, E) + np.einsum("jab,jib->ia", V, dE)) / M
-
-
-def direct_velocity_vjp_numpy(X, w, B, V, ubar):
-    """Plain-numpy twin of :func:`direct_velocity_vjp` (forms (M, n, n) arrays)."""
-    n, M = X.shape[0], B.shape[0]
-    if not np.any(w > 0.0):
-        return np.zeros((n, 3)), np.zeros((M, 3, 3)), np.zeros((M, 3, 3))
-    P, z, E = _softmax_parts(X, w, B)
-    c = np.einsum("jba,ib->jia", V, ubar) / M  # V_j^T ubar_i / M
-    U = X[None, None, :, :] - E[:, :, None, :]
-    zbar = np.einsum("jik,jika,jikb,jib->jia", P, U, U, c)
-    X_bar = np.einsum("jba,jib->ia", B, zbar)
-    X_bar += np.einsum("jik,jia->ka", P, c)
-    X_bar += np.einsum("jik,jia,jikb,jib->ka", P, z, U, c)
-    B_bar = np.einsum("jia,ib->jab", zbar, X)
-    V_bar = np.einsum("ia,jib->jab", ubar, E) / M
     return X_bar, B_bar, V_bar

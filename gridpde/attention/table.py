@@ -65,8 +65,8 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.attention.tensor import CHUNK, UNDERFLOW, tensor_velocity
-from gridpde.attention.tensor_vjp import _langevin_numpy, tensor_velocity_vjp
+from gridpde.attention.tensor import CHUNK, UNDERFLOW, langevin_array, tensor_velocity
+from gridpde.attention.tensor_vjp import tensor_velocity_vjp
 
 __all__ = [
     "Table",
@@ -76,8 +76,6 @@ __all__ = [
     "evaluate_vjp",
     "table_velocity",
     "table_velocity_vjp",
-    "evaluate_numpy",
-    "evaluate_vjp_numpy",
 ]
 
 #: private copies of the coefficient cotangents in the VJP (fixed, so results do not depend on threads)
@@ -517,7 +515,7 @@ def _node_sums_transpose(E, EY, S0bar, Sbar, shape):
 
 def _g(z, h):
     """g(z, h) = (h/2) L(z h/2) (0 where h = 0)."""
-    return 0.5 * h * _langevin_numpy(0.5 * h * z) if h > 0.0 else np.zeros_like(z)
+    return 0.5 * h * langevin_array(0.5 * h * z) if h > 0.0 else np.zeros_like(z)
 
 
 def _lookup_arrays(breaks_padded, nq):
@@ -1021,93 +1019,3 @@ def table_velocity_vjp(info, targets, w, y0, y1, y2, B, V, h, ubar):
     if info.get("table") is not None:
         return evaluate_vjp(info["table"], targets, B, V, ubar)
     return tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar)
-
-
-# ------------------------------------------------------------------ numpy twins (tests only)
-
-
-def _interp_numpy(table, Z, derivative=False):
-    """F~ (S, nc) at padded z points Z (S, 3), the panel index and the weights; dF~/du (S, nc, d) if ``derivative``."""
-    d = table.d
-    S = Z.shape[0]
-    lo, binv = table.lookup[0], table.lookup[1]
-    arrs = table.lookup[2:11]
-    n = table.lookup[11:]
-    P = [len(arrs[3 * k + 1]) for k in range(3)]
-    ks, Ts, Ds = [], [], []
-    for k in range(3):
-        bins, cen, rh = arrs[3 * k : 3 * k + 3]
-        u = np.zeros(S) if k < 3 - d else Z[:, table.axes[k - (3 - d)]]
-        kk = bins[np.clip((u - lo[k]) * binv[k], 0, len(bins) - 1).astype(np.int64)]
-        s = (u - cen[kk]) * rh[kk]
-        inside = np.abs(s) <= 1.0 + CLAMP
-        s = np.where(inside, s, np.clip(s, -1.0, 1.0))
-        Tm = np.ones((S, n[k]))
-        Dm = np.zeros((S, n[k]))
-        if n[k] > 1:
-            Tm[:, 1] = s
-            Dm[:, 1] = 1.0
-            for i in range(2, n[k]):
-                Tm[:, i] = 2 * s * Tm[:, i - 1] - Tm[:, i - 2]
-                Dm[:, i] = 2 * Tm[:, i - 1] + 2 * s * Dm[:, i - 1] - Dm[:, i - 2]
-        Dm *= np.where(inside, rh[kk], 0.0)[:, None]
-        ks.append(kk)
-        Ts.append(Tm)
-        Ds.append(Dm)
-    idx = (ks[0] * P[1] + ks[1]) * P[2] + ks[2]
-    blk = table.coef[idx].reshape(S, d, *n)
-    F = np.einsum("sa,sb,sg,scabg->sc", Ts[0], Ts[1], Ts[2], blk)
-    if not derivative:
-        return F, idx, Ts
-    dF = np.stack(
-        [
-            np.einsum("sa,sb,sg,scabg->sc", Ds[0] if k == 0 else Ts[0], Ds[1] if k == 1 else Ts[1],
-                      Ds[2] if k == 2 else Ts[2], blk)  # fmt: skip
-            for k in range(3 - d, 3)
-        ],
-        axis=-1,
-    )
-    return F, idx, Ts, dF
-
-
-def _pairs_numpy(table, targets, B):
-    M = B.shape[0]
-    Z = np.einsum("jab,tb->jta", B, targets).reshape(-1, 3)  # (M*T, 3), head-major
-    return Z
-
-
-def evaluate_numpy(table, targets, B, V):
-    """Plain-numpy twin of :func:`evaluate` (tests only)."""
-    targets = np.asarray(targets, float)
-    M = B.shape[0]
-    T = targets.shape[0]
-    _, Vc, base = _kernel_args(table, B, V)
-    out = np.tile(base, (T, 1))
-    if table.d == 0:
-        return out
-    F, _, _ = _interp_numpy(table, _pairs_numpy(table, targets, B))
-    F = F.reshape(M, T, -1)
-    return out + np.einsum("jrc,jtc->tr", Vc, F)
-
-
-def evaluate_vjp_numpy(table, targets, B, V, ubar):
-    """Plain-numpy twin of :func:`evaluate_vjp` (tests only)."""
-    targets = np.asarray(targets, float)
-    M = B.shape[0]
-    T = targets.shape[0]
-    d = table.d
-    _, Vc, _ = _kernel_args(table, B, V)
-    cbar = np.zeros_like(table.coef)
-    Bcbar = np.zeros((M, 3, 3))
-    Fsum = np.zeros((M, 3, d))
-    if d:
-        F, idx, Ts, dF = _interp_numpy(table, _pairs_numpy(table, targets, B), derivative=True)
-        F = F.reshape(M, T, d)
-        dF = dF.reshape(M, T, d, d)
-        cb = np.einsum("jrc,tr->jtc", Vc, ubar)  # (M, T, nc)
-        g = np.einsum("jtc,jtck->jtk", cb, dF)  # (M, T, d)
-        Bcbar[:, 3 - d :, :] = np.einsum("jtk,tb->jkb", g, targets)
-        Fsum = np.einsum("tr,jtc->jrc", ubar, F)
-        contrib = np.einsum("sa,sb,sg,sc->scabg", Ts[0], Ts[1], Ts[2], cb.reshape(M * T, d))
-        np.add.at(cbar, idx, contrib.reshape(M * T, d, -1))
-    return _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum)

@@ -63,6 +63,19 @@ def langevin(u):
     return 1.0 / np.tanh(u) - 1.0 / u
 
 
+#: Taylor coefficients of L(u) = coth u - 1/u = sum_k LANGEVIN_SERIES[k] u^(2k+1)
+LANGEVIN_SERIES = np.array([1 / 3, -1 / 45, 2 / 945, -1 / 4725, 2 / 93555, -1382 / 638512875, 4 / 18243225])
+
+
+def langevin_array(u):
+    """L(u) of :func:`langevin` on an array (plain numpy): the series below |u| = 0.1, coth u - 1/u above."""
+    u = np.asarray(u, float)
+    small = np.abs(u) < 0.1
+    us = np.where(small, 1.0, u)
+    series = u * np.polyval(LANGEVIN_SERIES[::-1], u * u)
+    return np.where(small, series, 1 / np.tanh(us) - 1 / us)
+
+
 @inline
 def exp_row(z, y, e):
     """e_i = exp(z y_i - max_i z y_i) on uniformly spaced increasing nodes y; returns argmax_i z y_i.
@@ -215,30 +228,3 @@ def tensor_velocity(targets, w, y0, y1, y2, B, V, h, out, lse):
             out[t, 0] = v0 / M
             out[t, 1] = v1 / M
             out[t, 2] = v2 / M
-
-
-def tensor_velocity_numpy(targets, w, y0, y1, y2, B, V, h):
-    """Plain-numpy twin of :func:`tensor_velocity` (tests only): direct sums.
-
-    Forms the (T, N) softmax weights per head, stabilised by the row maximum.
-    """
-    Y = np.stack(np.meshgrid(y0, y1, y2, indexing="ij"), axis=-1).reshape(-1, 3)
-    wf = w.ravel()
-    M = B.shape[0]
-    out = np.zeros((targets.shape[0], 3))
-    lse = np.empty((M, targets.shape[0]))
-    for j in range(M):
-        z = targets @ B[j].T
-        s = z @ Y.T
-        live = wf > 0
-        logw = np.log(np.where(live, wf, 1.0))
-        top = np.where(live, s + logw, -np.inf).max(axis=1, keepdims=True)
-        p = np.exp(np.where(live, s + logw - top, -np.inf))
-        s0 = p.sum(axis=1)
-        m = p @ Y / s0[:, None]
-        lse[j] = top[:, 0] + np.log(s0)
-        for a in range(3):
-            if h[a] > 0:
-                m[:, a] -= 0.5 * h[a] * np.array([langevin(v) for v in 0.5 * h[a] * z[:, a]])
-        out += m @ V[j].T
-    return out / M, lse

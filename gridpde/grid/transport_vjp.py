@@ -1,4 +1,4 @@
-"""Reverse mode (and a numpy forward mode) of the finite-volume right-hand side.
+"""Reverse mode of the finite-volume right-hand side (its numpy forward mode: :mod:`gridpde.twins.transport`).
 
 :class:`~gridpde.grid.transport.Transport` computes out = -div F(rho, u) with face
 fluxes F_j = u_j rho^E_{j-1} (u_j >= 0) or u_j rho^W_j (u_j < 0), face values
@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
-from gridpde.grid.transport import LIMITER_CODES, _lines, slope_and_coeffs, slope_coeffs_numpy
+from gridpde.grid.transport import LIMITER_CODES, _lines, slope_and_coeffs
 
 
 @inline
@@ -252,37 +252,3 @@ def transport_vjp(rho, u, lam, dx, limiter):
     u_bar = [np.empty(np.shape(ua)) for ua in u]
     TransportVJP(rho.shape, dx, limiter).vjp(rho, u, np.ascontiguousarray(lam, dtype=float), rho_bar, u_bar)
     return rho_bar, u_bar
-
-
-def transport_jvp_numpy(rho, u, drho, du, dx, limiter):
-    """Forward-mode linearisation of -div F(rho, u), branches frozen (tests only).
-
-    Args:
-        rho, drho: cell averages and their direction (n_1, ..., n_d).
-        u, du: lists of d face-velocity arrays and their directions.
-        dx: cell sizes per axis.
-        limiter: a key of :data:`gridpde.grid.transport.LIMITER_CODES`.
-
-    Returns:
-        d out, shape of rho.
-    """
-    rho = np.asarray(rho, float)
-    dout = np.zeros_like(rho)
-    for axis in range(rho.ndim):
-        r = np.moveaxis(rho, axis, 0)
-        dr = np.moveaxis(np.asarray(drho, float), axis, 0)
-        zeros = np.zeros((2, *r.shape[1:]))
-        pad = np.concatenate([zeros, r, zeros])
-        dpad = np.concatenate([zeros, dr, zeros])
-        sigma, a, b = slope_coeffs_numpy(pad[:-2], pad[1:-1], pad[2:], limiter)  # cells -1 .. n
-        dsigma = a * (dpad[1:-1] - dpad[:-2]) + b * (dpad[2:] - dpad[1:-1])
-        east, deast = pad[1:-1] + 0.5 * sigma, dpad[1:-1] + 0.5 * dsigma
-        west, dwest = pad[1:-1] - 0.5 * sigma, dpad[1:-1] - 0.5 * dsigma
-        uf = np.moveaxis(np.asarray(u[axis], float), axis, 0)
-        duf = np.moveaxis(np.asarray(du[axis], float), axis, 0)
-        up = uf >= 0.0
-        val = np.where(up, east[:-1], west[1:])
-        dval = np.where(up, deast[:-1], dwest[1:])
-        dflux = duf * val + uf * dval
-        dout += np.moveaxis(-(dflux[1:] - dflux[:-1]) / dx[axis], 0, axis)
-    return dout
