@@ -131,6 +131,33 @@ def _run(args) -> int:
     return 0
 
 
+def _on_root(fn):
+    """Run a command on rank 0 only under MPI (its work is not spread over prompts); the other ranks wait
+    and end with rank 0's exit status, re-raising its error class with its message."""
+
+    def wrapped(args) -> int:
+        from gridpde.parallel import world
+
+        ranks = world()
+        if ranks.size == 1:
+            return fn(args)
+        outcome: tuple = (0, None, "")
+        if ranks.root:
+            try:
+                outcome = (fn(args), None, "")
+            except (CaseError, RunError, NumericalError, KeyboardInterrupt) as exc:
+                outcome = (None, type(exc), str(exc))
+                ranks.bcast(outcome)
+                raise
+        code, cls, message = ranks.bcast(outcome)
+        if cls is not None:
+            raise cls(message, 0.0) if cls is NumericalError else cls(message)
+        return code
+
+    return wrapped
+
+
+@_on_root
 def _validate(args) -> int:
     from gridpde.validation.names import STUDY_NAMES
     from gridpde.validation.suite import run_suite
@@ -161,6 +188,7 @@ def _gradcheck(args) -> int:
     return 0
 
 
+@_on_root
 def _ntk(args) -> int:
     from gridpde.ntk import trajectory as diagnose
     from gridpde.casefile import load_case

@@ -111,3 +111,17 @@ def test_sigterm_under_mpi_saves_a_checkpoint_that_resumes_bit_for_bit(tmp_path)
     assert attrs_a == attrs_b
     for name in sorted(set(a) - {"train/seconds"}):
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def test_ntk_and_validate_run_on_rank_0_under_mpi(tmp_path):
+    """Not spread over prompts: rank 0 works and reports once, the other ranks end with its status."""
+    doc = case_document(cells=32, prompts=PROMPTS[:2], init=(0.7, 1), output={"plot": False})
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    ntk = _run(["ntk", str(case), "-o", str(tmp_path / "figs")], 2, tmp_path)
+    assert ntk.returncode == 0, ntk.stderr
+    assert ntk.stdout.count("NTK injectivity on the 2 prompt(s)") == 1
+    bad = _run(["ntk", str(tmp_path / "missing.toml")], 2, tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("gridpde: error:") == 1, bad.stderr
+    val = _run(["validate", "--only", "queries-1d"], 2, tmp_path)
+    assert val.returncode == 0 and val.stdout.count("passed, 0 failed") == 1, val.stdout
