@@ -203,6 +203,7 @@ def _run(case: Case, out: Path, runner: Method, training: bool, resume: bool, re
     m = case.heads
     warm_up(report, runner)
     states = runner.case_states(flow=False)
+    ranks.balance([runner.cost(st) for st in states])
     snaps = runner.snapshots(np.linspace(0.0, 1.0, case.output.snapshots), states)
     if resume and not training:  # a forward run: continue from its last complete snapshot
         snaps, states = _resume_forward(case, out, runner, snaps, states)

@@ -138,6 +138,10 @@ class Method(ABC):
     def use_schedules(self, schedules) -> None:
         """Follow saved schedules (from a checkpoint); a no-op where steps are fixed by the case."""
 
+    def cost(self, state) -> float:
+        """The relative cost of solving ``state`` (how prompts are shared out over MPI ranks)."""
+        return 1.0
+
     @abstractmethod
     def depth_steps(self, states: list) -> int:
         """Depth steps of one :meth:`solve` over all prompts."""

@@ -42,6 +42,8 @@ class Ranks:
         self.size = comm.Get_size() if comm is not None else 1
         #: the stop signal noted on this rank: 0 none, 1 Ctrl-C (SIGINT), 2 SIGTERM
         self.stop_code = 0
+        #: the rank of each prompt (:meth:`balance`), or None: prompt p on rank p mod R
+        self.owner: list[int] | None = None
 
     @property
     def root(self) -> bool:
@@ -49,7 +51,21 @@ class Ranks:
         return self.rank == 0
 
     def mine(self, p: int) -> bool:
+        if self.owner is not None and p < len(self.owner):
+            return self.owner[p] == self.rank
         return p % self.size == self.rank
+
+    def balance(self, costs) -> None:
+        """Assign the prompts by cost: largest first, each to the least loaded rank (ties: the lowest
+        rank), the same on every rank. Equal costs give p mod R. Results are gathered in prompt order
+        whatever the assignment, so the sums stay the serial run's."""
+        load = [0.0] * self.size
+        owner = [0] * len(costs)
+        for p in sorted(range(len(costs)), key=lambda q: (-float(costs[q]), q)):
+            r = min(range(self.size), key=lambda k: (load[k], k))
+            owner[p] = r
+            load[r] += float(costs[p])
+        self.owner = owner
 
     def run(self, fn: Callable[[int], Any], P: int) -> list:
         """[fn(p) for p in range(P)], each p computed on its rank, the list gathered to every rank.

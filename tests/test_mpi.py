@@ -58,6 +58,39 @@ def test_training_under_mpi_writes_the_serial_runs_file_bit_for_bit(tmp_path, me
     assert par.stderr.count("finished in") == 1  # rank 0 reports
 
 
+def test_explicit_training_on_prompts_of_unequal_cost_matches_the_serial_run(tmp_path):
+    """Token prompts of 60, 5, 5, 40 and 20 tokens are shared out by cost n^2 (the 60 alone on rank 0, the
+    rest on rank 1, not p mod 2); explicit steps with backtracking; the file is the serial run's, bit for bit."""
+    rng = np.random.default_rng(3)
+    sizes = (60, 5, 5, 40, 20)
+    prompts = [{"kind": "tokens", "points": np.round(rng.normal(0.2 * i, 0.7, n), 6).tolist()}
+               for i, n in enumerate(sizes)]
+    doc = case_document(cells=None, prompts=prompts, init=(0.7, 1), teacher=(0.7, 2),
+                        solver={"method": "particles", "integrator": "euler"},
+                        train={"steps": 4, "lr": 0.5, "checkpoint_every": 2}, output={"snapshots": 3, "plot": False})
+    case = tmp_path / "case.toml"
+    case.write_text(dump_case(doc))
+    from gridpde.casefile import load_case
+    from gridpde.method import make_method
+    from gridpde.parallel import Ranks
+
+    loaded = load_case(case)
+    method = make_method(loaded)
+    ranks = Ranks()
+    ranks.size = 2
+    ranks.balance([method.cost(st) for st in method.case_states()])
+    assert ranks.owner == [0, 1, 1, 1, 1], ranks.owner
+    serial = _run(["run", str(case), "-o", "serial.h5"], 1, tmp_path)
+    assert serial.returncode == 0, serial.stderr
+    par = _run(["run", str(case), "-o", "mpi.h5"], 2, tmp_path)
+    assert par.returncode == 0, par.stderr
+    a, attrs_a = _datasets(tmp_path / "serial.h5")
+    b, attrs_b = _datasets(tmp_path / "mpi.h5")
+    assert attrs_a == attrs_b
+    for name in sorted(set(a) - {"train/seconds"}):
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
 def test_a_failure_on_one_rank_stops_every_rank_with_the_same_status(tmp_path):
     """Mass leaves the box for the prompt near the wall only (rank 1's): every rank exits 1, no hang."""
     prompts = [gaussian([0.0], [[0.3]]), gaussian([3.2], [[0.3]])]

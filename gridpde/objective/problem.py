@@ -94,8 +94,15 @@ class Problem:
         self.method = make_method(case, method)
         self.loss = make_objective(case.loss, case.dim)
         self.initial = self.method.case_states()
+        self.ranks.balance([self.method.cost(st) for st in self.initial])
         teacher = case.loss.teacher
-        self.method.plan([case.heads] + ([teacher] if teacher is not None else []), self.initial, self.ranks)
+        # a teacher of the model's depth shares its depth steps (the student at the teacher's heads, or at
+        # heads that duplicate them, then reproduces the targets exactly); one of another depth has its own
+        shared = teacher is not None and teacher.layers == case.heads.layers
+        self.method.plan([case.heads] + ([teacher] if shared else []), self.initial, self.ranks)
+        self._teacher_out = None
+        if teacher is not None and not shared:
+            self._teacher_out = self._own_depth_outputs(teacher)
         self._version = self.method.version
         self.targets = self._targets()
 

@@ -93,6 +93,10 @@ class ParticleMethod(Method):
         k1 = self.steps_per_depth
         return state.moved(solver.solve(state.X, state.w, state.steps, k1, tape=tape), k1)
 
+    def cost(self, state: TokenState) -> float:
+        """Every token attends to every context token: n (n + q)."""
+        return float(state.context * len(state.w))
+
     def depth_steps(self, states) -> int:
         return len(states) * self.steps_per_depth
 
