@@ -118,6 +118,9 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     if "grid" in doc or solver.method == "grid":
         grid = _grid(doc.get("grid", MISSING), dim)
     heads = _model(doc.get("model", MISSING), dim, Path(base_dir))
+    model = doc["model"]
+    horizon = check_float(model.get("horizon", 1.0), "model.horizon", lambda x: 0 < x <= 1e6, "a number in (0, 1e6]")
+    aggregate = check_choice(model.get("aggregate", "mean"), "model.aggregate", ("mean", "sum"))
     if "icl" in doc:
         if "prompts" in doc:
             raise CaseError("[icl] and [[prompts]]: give one of them (the [icl] table generates the prompts)")
@@ -146,6 +149,8 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
         train=train,
         targets=targets,
         queries=queries,
+        horizon=horizon,
+        aggregate=aggregate,
         text=text,
         source=source,
     )
@@ -239,7 +244,7 @@ def _grid(value: Any, dim: int) -> GridSpec:
 
 def _model(value: Any, dim: int, base_dir: Path) -> Heads:
     table = _table(value, "model")
-    allowed = ("layers", "heads", "head_dim", "scale_scores", *_HEAD_SOURCES)
+    allowed = ("layers", "heads", "head_dim", "scale_scores", "horizon", "aggregate", *_HEAD_SOURCES)
     check_keys(table, allowed, "model")
     L = check_int(table.get("layers", MISSING), "model.layers", 1)
     M = check_int(table.get("heads", MISSING), "model.heads", 1)

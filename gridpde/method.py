@@ -24,7 +24,7 @@ from gridpde.io.snapshots import Snapshots
 from gridpde.measures import Measure
 from gridpde.objective.losses import Labelled, Objective
 from gridpde.prompts import Prompt, Queries
-from gridpde.spec import Case
+from gridpde.spec import Case, velocity_scale
 
 OnStep = Callable[[float, int], None]
 
@@ -47,6 +47,12 @@ class Method(ABC):
 
     def __init__(self, case: Case):
         self.case = case
+        #: the factor on V in the dynamics ([model] horizon, and M with aggregate = "sum")
+        self.v_scale = velocity_scale(case)
+
+    def values(self, heads: Heads) -> np.ndarray:
+        """The value matrices the dynamics use: V times :attr:`v_scale` (the adjoint scales dR/dV back)."""
+        return heads.V * self.v_scale if self.v_scale != 1.0 else heads.V
 
     # ------------------------------------------------------------ states
     @abstractmethod

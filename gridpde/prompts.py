@@ -16,7 +16,7 @@ one knows how to become
 - weighted tokens for the particle method (:meth:`tokens`): ``sample`` (n
   seeded i.i.d. draws, weights 1/n: a Monte Carlo error) or ``quadrature``
   (q = round(n^(1/d)) points per axis at the cell centres of a box covering
-  the prompt, mean +- ``QUADRATURE_SIGMAS`` sd per component or the uniform
+  the prompt, mean +- ``QUADRATURE_SIGMAS`` sd per component (``[solver] quadrature_sigmas``) or the uniform
   box itself, weighted by the density at the centres or by exact cell
   averages; spectrally accurate for smooth prompts); a ``tokens`` prompt is
   used as given;
@@ -114,12 +114,12 @@ class _Gaussians:
         chol = np.linalg.cholesky(covs)
         return means[which] + np.einsum("nab,nb->na", chol[which], z), np.full(n, 1.0 / n)
 
-    def quadrature(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def quadrature(self, n: int, sigmas: float = QUADRATURE_SIGMAS) -> tuple[np.ndarray, np.ndarray]:
         weights, means, covs = self.components()
         d = means.shape[1]
         sd = np.sqrt(np.einsum("cii->ci", covs))
-        lo = np.min(means - QUADRATURE_SIGMAS * sd, axis=0)
-        hi = np.max(means + QUADRATURE_SIGMAS * sd, axis=0)
+        lo = np.min(means - sigmas * sd, axis=0)
+        hi = np.max(means + sigmas * sd, axis=0)
         grid = Grid(tuple(lo), tuple(hi), (max(1, round(n ** (1 / d))),) * d)
         X = grid.cell_centres()
         w = sum(c * normal_pdf(X, m, S) for c, m, S in zip(weights, means, covs))
@@ -136,11 +136,13 @@ class _Gaussians:
 
 
 class _PromptMethods:
-    def tokens(self, n: int, init: TokenInit = "quadrature", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted tokens (X (n', d), w (n',)) representing the prompt (see the module docstring)."""
+    def tokens(self, n: int, init: TokenInit = "quadrature", seed: int = 0,
+               sigmas: float = QUADRATURE_SIGMAS) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted tokens (X (n', d), w (n',)) representing the prompt (see the module docstring);
+        ``sigmas``: the half-width of a Gaussian's quadrature box in standard deviations."""
         if init == "sample":
             return self.sample(n, np.random.default_rng(seed))
-        return self.quadrature(n)
+        return self.quadrature(n, sigmas) if isinstance(self, _Gaussians) else self.quadrature(n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,8 +280,8 @@ class TokensPrompt(_PromptMethods):
     def cell_averages(self, grid: Grid, where: str = "prompt") -> np.ndarray:
         return _deposit_tokens(grid, self.points, self.weights, where)
 
-    def tokens(self, n: int = 0, init: TokenInit = "quadrature", seed: int = 0):
-        """The tokens as given (``n``, ``init`` and ``seed`` do not apply)."""
+    def tokens(self, n: int = 0, init: TokenInit = "quadrature", seed: int = 0, sigmas: float = QUADRATURE_SIGMAS):
+        """The tokens as given (``n``, ``init``, ``seed`` and ``sigmas`` do not apply)."""
         return np.array(self.points), np.array(self.weights)
 
     def gauss_tokens(self, q: int = 0):

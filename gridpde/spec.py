@@ -139,6 +139,7 @@ SOLVER_KEYS: dict[str, Callable[[Any, str], Any]] = {
     "substeps": lambda v, k: check_int(v, k, 1),
     "tokens": lambda v, k: check_int(v, k, 1),
     "init": one_of(TokenInit),
+    "quadrature_sigmas": lambda v, k: check_float(v, k, lambda x: 1 <= x <= 40, "a number in [1, 40]"),
     "seed": lambda v, k: check_int(v, k, 0),
     "adjoint_memory_mb": lambda v, k: check_float(v, k, lambda x: x > 0, "a number > 0"),
 }
@@ -218,6 +219,7 @@ class SolverSpec:
     substeps: int | None = None  # steps per layer; default 1 for euler, 4 for rk4
     tokens: int = 4096
     init: TokenInit = "quadrature"
+    quadrature_sigmas: float = 8.0  # a Gaussian's quadrature-token box: mean +- this many sd per component
     seed: int = 0
     adjoint_memory_mb: float = 2048.0  # forward states kept for the adjoint; beyond, recompute
 
@@ -353,6 +355,11 @@ class OutputSpec:
         _check_fields(self, "output", OUTPUT_KEYS)
 
 
+def velocity_scale(case: Case) -> float:
+    """The factor on every head's V in the dynamics: horizon T, times M for aggregate = "sum"."""
+    return case.horizon * (case.heads.width if case.aggregate == "sum" else 1)
+
+
 @dataclass(frozen=True)
 class Case:
     """A validated case: what to compute (see the README's case-file section).
@@ -375,11 +382,17 @@ class Case:
     targets: tuple[Prompt | None, ...] = ()
     #: per prompt, its query tokens or None
     queries: tuple[Queries | None, ...] = ()
+    #: [model] horizon T: depth s in [0, 1] runs the dynamics for time T (the velocity times T)
+    horizon: float = 1.0
+    #: [model] aggregate: "mean" over the M heads of a layer (the mean-field scaling) or "sum" (M times it)
+    aggregate: str = "mean"
     text: str = ""
     source: str = ""
 
     def __post_init__(self):
         dim = check_int(self.dim, "dim", 1, 3)
+        check_float(self.horizon, "model.horizon", lambda x: 0 < x <= 1e6, "a number in (0, 1e6]")
+        check_choice(self.aggregate, "model.aggregate", ("mean", "sum"))
         if not isinstance(self.heads, Heads):
             fail("model", self.heads, "Heads (Q, K, V)")
         if self.heads.dim != dim:

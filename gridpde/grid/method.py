@@ -102,7 +102,7 @@ class GridMethod(Method):
 
     def solver(self, heads: Heads) -> GridForward:
         sv = self.case.solver
-        return GridForward(self.grid, heads.B, heads.V, self.limiter, sv.time, sv.cfl, sv.quadrature,
+        return GridForward(self.grid, heads.B, self.values(heads), self.limiter, sv.time, sv.cfl, sv.quadrature,
                            sv.attention, sv.attention_tol, sv.max_steps)
 
     def attention_report(self, solver: GridForward) -> dict:
@@ -189,7 +189,7 @@ class GridMethod(Method):
     def backward(self, solver: GridForward, tape: Tape, state: GridState, lam):
         lam_rho, xi = lam
         _, B_bar, V_bar = backward(solver, tape, lam_rho, xi, tape.query_history)
-        return B_bar, V_bar, tape.recomputed
+        return B_bar, V_bar * self.v_scale, tape.recomputed
 
     def memory(self):
         n = math.prod(self.case.grid.cells)

@@ -61,7 +61,7 @@ class ParticleMethod(Method):
 
     def initial(self, prompt, where, seed, queries=None, flow=True) -> TokenState:
         sv = self.case.solver
-        X, w = prompt.tokens(sv.tokens, sv.init, seed)
+        X, w = prompt.tokens(sv.tokens, sv.init, seed, sv.quadrature_sigmas)
         n = len(w)
         loss = self.case.loss
         flow_set = (X, w) if flow and loss is not None and "flowmap" in loss.kinds else None
@@ -80,7 +80,7 @@ class ParticleMethod(Method):
         return state.X
 
     def solver(self, heads: Heads) -> ParticleForward:
-        return ParticleForward(heads.B, heads.V, self.case.solver.integrator, self.substeps)
+        return ParticleForward(heads.B, self.values(heads), self.case.solver.integrator, self.substeps)
 
     def _index(self, s: float) -> int:
         return int(round(s * self.steps_per_depth))
@@ -120,7 +120,7 @@ class ParticleMethod(Method):
 
     def backward(self, solver: ParticleForward, tape: list, state: TokenState, lam):
         _, B_bar, V_bar = solver.backward(tape, state.w, lam)
-        return B_bar, V_bar, 0
+        return B_bar, V_bar * self.v_scale, 0
 
     def memory(self):
         sv = self.case.solver
