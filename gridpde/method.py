@@ -44,6 +44,9 @@ class Method(ABC):
     label: str
     attrs: dict
     version: int = 0
+    #: if set, the depth steps per layer interval a solver may take (below ``solver.max_steps``): training
+    #: caps its trial evaluations so that an overshooting trial fails instead of refining the schedule
+    step_cap: int | None = None
 
     def __init__(self, case: Case):
         self.case = case

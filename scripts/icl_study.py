@@ -22,14 +22,14 @@ import numpy as np
 from gridpde.icl import ICLSpec
 from gridpde.validation import icl_studies as st
 
-#: (method, features, dim, steps, case keywords)
+#: (method, features, dim, steps, lr, case keywords)
 RUNS = [
-    ("particles", "gaussian", 2, 20, {"tokens": 256}),
-    ("particles", "uniform", 2, 20, {"tokens": 256}),
-    ("particles", "gaussian", 3, 20, {"tokens": 343}),
-    ("particles", "uniform", 3, 20, {"tokens": 343}),
-    ("grid", "gaussian", 2, 12, {"cells": 32}),
-    ("grid", "uniform", 2, 12, {"cells": 32}),
+    ("particles", "gaussian", 2, 20, 100.0, {"tokens": 256}),
+    ("particles", "uniform", 2, 20, 100.0, {"tokens": 256}),
+    ("particles", "gaussian", 3, 20, 100.0, {"tokens": 343}),
+    ("particles", "uniform", 3, 20, 100.0, {"tokens": 343}),
+    ("grid", "gaussian", 2, 20, 100.0, {"cells": 32}),
+    ("grid", "uniform", 2, 20, 100.0, {"cells": 32}),
 ]
 
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for method, features, dim, steps, kw in RUNS:
+    for method, features, dim, steps, lr, kw in RUNS:
         if args.quick:
             steps = max(4, steps // 4)
             kw = {k: (v // 2 if k == "cells" else v) for k, v in kw.items()}
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             print(f"{name}: from {path}", flush=True)
             continue
         print(f"{name}: training ({steps} steps)...", flush=True)
-        run = st.train_icl(method, spec(features, args.quick), dim, steps=steps, lr=100.0, **kw)
+        run = st.train_icl(method, spec(features, args.quick), dim, steps=steps, lr=lr, **kw)
         st.save_run(path, run)
         results[name] = run
         print(f"{name}: {run.risk[0]:.4g} -> {run.final:.4g} in {run.seconds:.0f} s ({run.message})", flush=True)

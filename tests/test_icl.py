@@ -120,3 +120,20 @@ def test_bad_icl_tables_name_the_key(text, key):
 def test_icl_and_prompts_together_are_refused():
     with pytest.raises(CaseError, match=r"\[icl\] and \[\[prompts\]\]"):
         parse_case(dump_case(case_document(2, cells=8)) + "[icl]\nprompts = 2\n")
+
+
+def test_an_overshooting_trial_does_not_refine_the_grid_schedule_for_good():
+    """lr = 100 on the grid: trials that need far more depth steps are halved instead of refining the
+    schedule (it grew from 3 to 1024 steps per evaluation in 4 steps before), and the risk still falls."""
+    from dataclasses import replace
+
+    from gridpde.icl import ICLSpec
+    from gridpde.validation.icl_studies import icl_case
+
+    spec = ICLSpec(prompts=3, features="gaussian", scale=0.5, noise=0.1, queries=8, seed=0)
+    case = icl_case("grid", spec, 2, cells=16, train={"steps": 6, "lr": 100.0})
+    problem = Problem(case)
+    state, record = train_heads(case, problem=problem)
+    fresh = Problem(replace(case, heads=state.heads)).depth_steps  # what the final heads need on their own
+    assert record.depth_steps[-1] <= 4 * max(fresh, 3), (record.depth_steps, fresh)
+    assert problem.risk(state.heads).risk < 0.5 * record.risk[0]

@@ -103,7 +103,8 @@ class GridMethod(Method):
     def solver(self, heads: Heads) -> GridForward:
         sv = self.case.solver
         return GridForward(self.grid, heads.B, self.values(heads), self.limiter, sv.time, sv.cfl, sv.quadrature,
-                           sv.attention, sv.attention_tol, sv.max_steps)
+                           sv.attention, sv.attention_tol,
+                           sv.max_steps if self.step_cap is None else min(sv.max_steps, self.step_cap))
 
     def attention_report(self, solver: GridForward) -> dict:
         st = solver.stats

@@ -36,6 +36,7 @@ run bit for bit.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -203,25 +204,60 @@ def _evaluate(problem: Problem, like: Heads, x: np.ndarray, version: int, evalua
     return res
 
 
+#: an explicit trial may take at most this many times the largest depth-step count of the schedule per layer
+#: interval; one that needs more has overshot: it fails (StepLimit) and is halved, instead of refining the
+#: schedule for good (every later evaluation would pay for one bad trial: seen growing 3 -> 1024 steps in 4)
+SCHEDULE_GROWTH = 4
+
+
+@contextmanager
+def _trial_cap(problem: Problem, on: bool):
+    """Cap the depth steps of the evaluations inside (the grid; a no-op without a schedule)."""
+    sched = problem.schedules
+    if not on or not sched:
+        yield
+        return
+    problem.method.step_cap = SCHEDULE_GROWTH * max(max(s, default=1) for s in sched)
+    try:
+        yield
+    finally:
+        problem.method.step_cap = None
+
+
 def _explicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: RiskResult, scale: int):
-    """theta - lr L M grad R, halved while the risk would rise (with ``backtrack``).
+    """theta - lr L M grad R, halved while the risk would rise (with ``backtrack``), or while the trial
+    would need more than ``SCHEDULE_GROWTH`` times the schedule's depth steps.
+
+    With ``backtrack`` a trial that is not taken leaves the depth-step schedule as it found it (a grid
+    trial that fails or raises the risk may have refined it for positivity on the way); a trial that is
+    taken and refined it has the step retaken on the new schedule (_Refined).
 
     Returns (heads, their risk and gradient, the lr taken, evaluations).
     Raises _NoDescent when no halved step lowers the risk.
     """
     lr = spec.lr
     version = problem.version
+    before = problem.schedules
     for evaluations in range(1, MAX_HALVINGS + 2):
         x = state.heads.flat() - lr * scale * res.grad.flat()
         try:
-            new = _evaluate(problem, state.heads, x, version, evaluations)
+            if not np.all(np.isfinite(x)):
+                raise RunError("the trial heads are not finite")
+            with _trial_cap(problem, spec.backtrack):
+                new = problem.risk_and_grad(state.heads.with_flat(x))
         except (RunError, NumericalError) as exc:  # e.g. the trial heads push mass out of the box, or overflow
             if not spec.backtrack:
                 if isinstance(exc, NumericalError):
                     raise
                 raise RunError(f"training step {state.step + 1}: {exc}") from None
             new, failure = None, str(exc)
-        if new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk)):
+        taken = new is not None and (not spec.backtrack or (np.isfinite(new.risk) and new.risk <= res.risk))
+        if problem.version != version:  # the trial refined the schedule
+            if taken or before is None:
+                raise _Refined(evaluations)
+            problem.use_schedules(before)
+            version = problem.version
+        if taken:
             break
         lr *= 0.5
     if new is None:
