@@ -157,8 +157,14 @@ def trajectories(out: Path, results: dict, quick: bool) -> None:
     snaps = forward(case, r.heads, snapshots=9)
     X, Y = np.meshgrid(snaps.centres[0], snaps.centres[1], indexing="ij")
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.contour(X, Y, snaps.density[0, 0], levels=6, colors="0.7", linewidths=0.7)
-    ax.contourf(X, Y, snaps.density[0, -1], levels=12, cmap="Blues", alpha=0.6)
+    rho0, rho1 = snaps.density[0, 0], snaps.density[0, -1]
+    ax.contour(X, Y, rho0, levels=rho0.max() * np.array([0.05, 0.2, 0.5, 0.8]), colors="0.5", linewidths=0.7)
+    ax.contourf(X, Y, rho1, levels=rho1.max() * np.linspace(0.02, 1, 12), cmap="Blues", alpha=0.6)
+    mass = (rho0 > 1e-3 * rho0.max()) | (rho1 > 1e-3 * rho1.max())  # zoom to where the mass is
+    xs, ys = X[mass], Y[mass]
+    pad = 0.15 * max(np.ptp(xs), np.ptp(ys))
+    ax.set_xlim(xs.min() - pad, xs.max() + pad)
+    ax.set_ylim(ys.min() - pad, ys.max() + pad)
     q = snaps.queries[0]
     for k in range(q.shape[1]):
         ax.plot(q[:, k, 0], q[:, k, 1], "-", color="C3", lw=1)
