@@ -109,13 +109,6 @@ class Method(ABC):
             sets["flowmap"] = Labelled(slice(flow_row, flow_row + len(w0)), w0 / w0.sum(), X0 @ A.T + b)
         return sets
 
-    def flow_points(self, prompt: Prompt):
-        """(X0, w0): the Gauss rule of the prompt the grid's flow-map risk tracks, or None without one."""
-        loss = self.case.loss
-        if loss is None or "flowmap" not in loss.kinds:
-            return None
-        return prompt.gauss_tokens(loss.flowmap_points)
-
     # ------------------------------------------------------------ forward
     @abstractmethod
     def solver(self, heads: Heads) -> Any:
@@ -209,7 +202,7 @@ def make_method(case: Case, name: str | None = None) -> Method:
     raise ValueError(f"method = {name!r}: expected \"grid\" or \"particles\"")
 
 
-def query_count(method: Method, states: list) -> int:
+def query_count(states: list) -> int:
     """The largest number of query tokens of any state (0: none)."""
     counts = [st.query_rows.stop - st.query_rows.start for st in states if st.query_rows is not None]
     return max(counts, default=0)

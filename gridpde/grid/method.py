@@ -74,7 +74,10 @@ class GridMethod(Method):
         rho, outside = cell_averages(prompt, self.grid, where)
         blocks = [] if queries is None else [queries.points]
         nq = 0 if queries is None else len(queries)
-        flow = self.flow_points(prompt) if flow else None
+        loss = self.case.loss
+        # the flow-map risk's mass-free points: a tensor Gauss rule of the prompt
+        flow = prompt.gauss_tokens(loss.flowmap_points) if flow and loss is not None and "flowmap" in loss.kinds \
+            else None
         if flow is not None:
             blocks.append(flow[0])
         points = np.concatenate(blocks) if blocks else None
@@ -205,7 +208,7 @@ class GridMethod(Method):
     def snapshots(self, depth, states) -> Snapshots:
         g = self.grid
         return Snapshots.empty(depth, len(states), g.dim, cells=g.shape,
-                               centres=tuple(g.centres(a) for a in range(g.dim)), queries=query_count(self, states))
+                               centres=tuple(g.centres(a) for a in range(g.dim)), queries=query_count(states))
 
     def record(self, snaps: Snapshots, k: int, p: int, state: GridState) -> None:
         snaps.density[p, k] = state.rho

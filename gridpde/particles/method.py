@@ -135,7 +135,7 @@ class ParticleMethod(Method):
     def snapshots(self, depth, states) -> Snapshots:
         depth = np.array([self._index(s) / self.steps_per_depth for s in depth])
         tokens = max(st.context for st in states)
-        snaps = Snapshots.empty(depth, len(states), self.case.dim, tokens=tokens, queries=query_count(self, states))
+        snaps = Snapshots.empty(depth, len(states), self.case.dim, tokens=tokens, queries=query_count(states))
         snaps.weights[:] = 0.0
         for p, st in enumerate(states):
             snaps.weights[p, : st.context] = st.w[: st.context]
