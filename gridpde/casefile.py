@@ -91,7 +91,10 @@ def parse_case(text: str, base_dir: str | Path = ".", source: str = "<string>") 
     with M == 1 (and L > 1), Q of shape (L, k, d); with L == M == 1 also
     (k, d); likewise for V. The missing axes are added back.
 
-    The same rules give ``[loss.teacher]``'s heads, with the model's sizes.
+    The same rules give ``[loss.teacher]``'s heads, with the model's sizes
+    unless the table gives its own ``layers``, ``heads`` or ``head_dim``
+    (the teacher only makes the targets, so it may be wider, narrower,
+    deeper or shallower than the model; d and scale_scores are the model's).
     A prompt's ``target`` is a measure given like a prompt; with ``[loss]``
     kind = "mmd" every prompt needs one unless ``[loss.teacher]`` is given;
     kind = "potential" takes none. ``[train]`` needs ``[loss]``.
@@ -336,8 +339,12 @@ def _loss(value: Any, dim: int, model: Heads, base_dir: Path) -> LossSpec:
         spec["sigma"] = check_float(table.get("sigma", 1.0), "loss.sigma", lambda x: x > 0, "a number > 0")
     if "teacher" in table:
         t = _table(table["teacher"], "loss.teacher")
-        check_keys(t, _HEAD_SOURCES, "loss.teacher")
-        sizes = (model.layers, model.width, model.head_dim, dim)
+        check_keys(t, ("layers", "heads", "head_dim", *_HEAD_SOURCES), "loss.teacher")
+        # the teacher only makes the targets: its own shape (default: the model's)
+        sizes = (check_int(t.get("layers", model.layers), "loss.teacher.layers", 1),
+                 check_int(t.get("heads", model.width), "loss.teacher.heads", 1),
+                 check_int(t.get("head_dim", model.head_dim), "loss.teacher.head_dim", 1), dim)
+        t = {n: v for n, v in t.items() if n not in ("layers", "heads", "head_dim")}
         spec["teacher"] = _heads(t, "loss.teacher", sizes, base_dir, model.scale_scores)
     if "coords" in table:
         coords = table["coords"]

@@ -419,9 +419,11 @@ class Case:
             fail("grid.cells", list(self.grid.cells), f"integers >= 2, one per dimension (dim = {dim})")
         loss = self.loss
         if loss is not None and loss.teacher is not None:
+            # the teacher only makes the target measures: any layers, heads and head_dim will do
             t, h = loss.teacher, self.heads
-            if t.Q.shape != h.Q.shape or t.V.shape != h.V.shape or t.scale_scores != h.scale_scores:
-                fail("loss.teacher", t, f"heads of the model's shapes {h!r}")
+            if t.dim != dim or t.scale_scores != h.scale_scores:
+                fail("loss.teacher", t, f"heads for {dim}-D tokens with scale_scores = "
+                     f"{show(h.scale_scores)} like the model's (any layers, heads, head_dim)")
         if loss is not None and loss.centre is not None and loss.centre.shape != (dim,):
             fail("loss.centre", loss.centre, f"({dim},)")
         if loss is not None:

@@ -47,11 +47,14 @@ def main(argv=None):
         sys.exit(f"{args.case}: needs a [loss.teacher] table (the Hessian is taken at the teacher)")
     problem = Problem(case, args.method)
     teacher = case.loss.teacher
+    if args.heads is None and teacher.V.shape != case.heads.V.shape:
+        sys.exit(f"{args.case}: the teacher has another shape than the model ({teacher!r} vs {case.heads!r}); "
+                 "give --heads RESULT.h5 to take the Hessian at trained heads")
     stored = None
     if args.heads:
-        with h5py.File(args.heads, "r") as f:
-            teacher = Heads(*(f["heads"][k][()].reshape(getattr(teacher, k).shape) for k in HEAD_ARRAYS),
-                            teacher.scale_scores)
+        with h5py.File(args.heads, "r") as f:  # the model's heads, trained
+            teacher = Heads(*(f["heads"][k][()].reshape(getattr(case.heads, k).shape) for k in HEAD_ARRAYS),
+                            case.heads.scale_scores)
             if "checkpoint/schedules" in f:  # the discrete risk training ended on (grid)
                 problem.use_schedules(f["checkpoint/schedules"][()])
             if "risk" in f and f.attrs["method"] == problem.method.name:

@@ -345,7 +345,8 @@ BAD = [
      "loss.teacher"),
     ("centre of wrong length", CASE + '\n[loss]\nkind = "potential"\ncentre = [1]\n',
      "loss.centre"),
-    ("unknown key in teacher", CASE + LOSS + TEACHER + "layers = 1\n", "loss.teacher.layers"),
+    ("unknown key in teacher", CASE + LOSS + TEACHER + "layer = 1\n", "loss.teacher.layer"),
+    ("teacher layers = 0", CASE + LOSS + TEACHER + "layers = 0\n", "loss.teacher.layers"),
     ("teacher without heads", CASE + LOSS + "[loss.teacher]\n", "loss.teacher"),
     ("teacher of wrong shape", CASE + LOSS + "[loss.teacher]\nQ = [[[[1, 0], [0, 1]]]]\n"
      "K = [[[[1, 0], [0, 1]]]]\nV = [[[[1, 0], [0, 1]]]]\n", "loss.teacher.Q"),

@@ -175,7 +175,7 @@ def _heads_movie(f: h5py.File, name: str):
     C, L, M = V.shape[:3]
     student = np.concatenate([B.reshape(C, L, M, -1), V.reshape(C, L, M, -1)], axis=-1)  # (C, L, M, 2d²)
     teacher = None
-    if "teacher" in f:
+    if "teacher" in f and f["teacher/V"].shape == V.shape[1:]:  # a teacher of another shape is not drawn
         teacher = np.concatenate([f["teacher/B"][()].reshape(L, M, -1), f["teacher/V"][()].reshape(L, M, -1)], -1)
     fig = Figure(figsize=(3.8 * L + 3.8, 4.2), layout="constrained")
     axes = np.ravel(fig.subplots(1, L + 1, squeeze=False))

@@ -104,8 +104,11 @@ def figures(res: Result, *, rescaled: bool = False) -> dict[str, Figure]:
         if "train" in f and len(f["train/step"]) > 0:
             figs["training"] = _training(f["train"], f"{name}: training")
             if "checkpoint_step" in f["train"] and len(f["train/checkpoint_step"]):
+                teacher = f.get("teacher")
+                if teacher is not None and teacher["V"].shape != f["train/heads/V"].shape[1:]:
+                    teacher = None  # a teacher of another width or depth: no head-by-head match to draw
                 figs["heads"] = _head_paths(f["train"], bool(f.attrs.get("scale_scores", False)),
-                                            f.get("teacher"), title=f"{name}: heads along training")
+                                            teacher, title=f"{name}: heads along training")
         if "targets" in f:
             for p, fig in _versus_targets(f["targets"], snaps, done, name).items():
                 figs[f"target_p{p}"] = fig

@@ -11,7 +11,7 @@ dR/dK = Q (dR/dB)^T (divided by sqrt(k) when the scores are scaled).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -106,6 +106,26 @@ class Problem:
         self._version = self.method.version
         self.targets = self._targets()
 
+    def _own_depth_outputs(self, teacher: Heads) -> list:
+        """The outputs at s = 1 of heads of another depth than the model's, on their own depth steps.
+
+        A second method of the same solver settings, built for a case whose model is ``teacher``, plans
+        and follows its own steps (grid: the schedule of its layer intervals; particles: L' x substeps
+        steps), from the same initial states (the same tokens). Fixed once: they do not change with the
+        student's heads or schedules.
+        """
+        own = make_method(replace(self.case, heads=teacher), self.method.name)
+        own.plan([teacher], self.initial, self.ranks)
+        solver = own.solver(teacher)
+
+        def one(p: int):
+            out = own.solve(solver, self.initial[p], p)
+            own.check_mass(out, p, "while the teacher made the targets")
+            return out
+
+        return [one(p) for p in range(len(self.initial))] if self.ranks.size == 1 else \
+            self.ranks.run(one, len(self.initial))
+
     @property
     def version(self) -> int:
         """Counts changes of the discrete risk (refined grid schedules)."""
@@ -137,11 +157,20 @@ class Problem:
         case = self.case
         if "mmd" not in case.loss.kinds:
             return [None] * len(case.prompts)
-        teacher_out = self.outputs(case.loss.teacher) if case.loss.teacher is not None else None
+        teacher_out = self._teacher_out
+        if teacher_out is None and case.loss.teacher is not None:
+            teacher_out = self.outputs(case.loss.teacher)
         given = self.method.initial_states(case.targets, seed_offset=1000, flow=False) if any(
             t is not None for t in case.targets) else None
         return [self.method.measure(teacher_out[i] if tgt is None else given[i])
                 for i, tgt in enumerate(case.targets)]
+
+    def _check_depth(self, heads: Heads) -> None:
+        """The method's depth steps are the model's layers: heads of another depth would be run to the wrong s."""
+        if heads.layers != self.case.heads.layers or heads.dim != self.dim:
+            msg = (f"heads of {heads.layers} layers for {heads.dim}-D tokens: this risk is that of the model's "
+                   f"{self.case.heads.layers} layers for {self.dim}-D tokens (any number of heads per layer)")
+            raise ValueError(msg)
 
     def outputs(self, heads: Heads) -> list:
         """The output states at s = 1 for ``heads`` (grid: GridState, particles: TokenState).
@@ -150,6 +179,7 @@ class Problem:
         steps, so the student at the teacher's heads reproduces the targets
         exactly (zero risk).
         """
+        self._check_depth(heads)
         solver = self.method.solver(heads)
 
         def one(p: int):
@@ -176,6 +206,7 @@ class Problem:
 
     def risk(self, heads: Heads) -> RiskResult:
         """The risk without its gradient."""
+        self._check_depth(heads)
         solver = self.method.solver(heads)
 
         def one(p: int) -> float:
@@ -190,6 +221,7 @@ class Problem:
 
     def risk_and_grad(self, heads: Heads) -> RiskResult:
         """The risk and its exact gradient with respect to Q, K, V (and B)."""
+        self._check_depth(heads)
         P = len(self.initial)
         solver = self.method.solver(heads)
 

@@ -44,4 +44,6 @@ STUDY_NAMES = (
     "train-1d-random-particles",
     "train-2d-random-grid",
     "train-2d-random-particles",
+    "energy-identity-1d-particles",
+    "energy-identity-1d-grid",
 )

@@ -209,6 +209,32 @@ def training_convergence(dim, variant, method, ratio_max=None, **train) -> Calla
     return study
 
 
+def energy_identity(method: str, local: bool) -> Callable[[], Iterator[Check]]:
+    """dR/dt = -L M |dR/dtheta|^2 (docs/model.md section 5) along explicit Euler steps of the flow
+    (1-D teacher-student family, L = 2, M = 4, to flow time 2): the Euler form's relative residual
+    falls at order 1 in the step, the trapezoid form's (the mean of the gradients at both ends of a
+    step) at order 2. ``local``: also the worst single step (the grid's discrete risk has kinks, upwind
+    faces where u changes sign, so only the summed forms are required there)."""
+    from gridpde.objective.problem import Problem
+    from gridpde.validation import finite_studies as fs
+
+    def study():
+        case = fs.family_case(1, method, 2, 4, 13, tokens=64)
+        rows = fs.energy_identity(Problem(case), case.heads, 2.0, (0.125, 0.0625, 0.03125))
+        dts = [r.dt for r in rows]
+        forms = [("euler_sum_rel", 1.0), ("trapezoid_sum_rel", 2.0)]
+        if local:
+            forms += [("euler_rel", 1.0), ("trapezoid_rel", 2.0)]
+        for key, order in forms:
+            errs = [getattr(r, key) for r in rows]
+            p = fs.fitted_slope(dts, errs)
+            yield Check(f"energy-identity-1d-{method}: {key} order", p, f"in [{order - 0.1:g}, {order + 0.1:g}]",
+                        abs(p - order) <= 0.1, "dt = 0.125, 0.0625, 0.03125; residuals "
+                        + ", ".join(f"{e:.2e}" for e in errs))
+
+    return study
+
+
 def training_flow_time(dim, method, lrs, explicit_lr, tol=0.05) -> Callable[[], Iterator[Check]]:
     """Case (a) with time steps small next to the flow time: the flow itself reaches 1e-6 of the initial risk.
 
@@ -443,4 +469,7 @@ SLOW = {
     "train-1d-random-particles": training_convergence(1, "random", "particles"),
     "train-2d-random-grid": training_convergence(2, "random", "grid"),
     "train-2d-random-particles": training_convergence(2, "random", "particles"),
+    # the energy identity of the flow in its discrete forms (issue 17; seconds)
+    "energy-identity-1d-particles": energy_identity("particles", local=True),
+    "energy-identity-1d-grid": energy_identity("grid", local=False),
 }
