@@ -354,9 +354,19 @@ def _loss(value: Any, dim: int, model: Heads, base_dir: Path) -> LossSpec:
         spec["coords"] = tuple(check_int(c, "loss.coords", 0, dim - 1) for c in coords)
     if "flowmap" in kinds:
         m = _table(table.get("map", MISSING), "loss.map")
-        check_keys(m, ("A", "b"), "loss.map")
-        spec["map_A"] = _array(m.get("A", np.eye(dim).tolist()), "loss.map.A", (dim, dim), ((),) if dim == 1 else ())
-        spec["map_b"] = _array(m.get("b", [0.0] * dim), "loss.map.b", (dim,))
+        check_keys(m, ("A", "b", "points", "values"), "loss.map")
+        if "points" in m or "values" in m:
+            if "A" in m or "b" in m:
+                fail("loss.map", m, "either A and b (affine) or points and values (tabulated), not both")
+            also = (("n",),) if dim == 1 else ()
+            points = _array(m.get("points", MISSING), "loss.map.points", ("n", dim), also, "(n, d)")
+            spec["map_points"] = points
+            spec["map_values"] = _array(m.get("values", MISSING), "loss.map.values", points.shape,
+                                        ((points.shape[0],),) if dim == 1 else (), "(n, d), like points")
+        else:
+            spec["map_A"] = _array(m.get("A", np.eye(dim).tolist()), "loss.map.A", (dim, dim),
+                                   ((),) if dim == 1 else ())
+            spec["map_b"] = _array(m.get("b", [0.0] * dim), "loss.map.b", (dim,))
         spec["flowmap_points"] = check_int(table.get("flowmap_points", 8), "loss.flowmap_points", 1, 64)
     return LossSpec(**spec)
 

@@ -105,8 +105,7 @@ class Method(ABC):
                                        queries.labels, coords)
         if flow is not None:
             X0, w0 = flow
-            A, b = loss.target_map(self.case.dim)
-            sets["flowmap"] = Labelled(slice(flow_row, flow_row + len(w0)), w0 / w0.sum(), X0 @ A.T + b)
+            sets["flowmap"] = Labelled(slice(flow_row, flow_row + len(w0)), w0 / w0.sum(), loss.target(X0))
         return sets
 
     # ------------------------------------------------------------ forward

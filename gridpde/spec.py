@@ -239,7 +239,8 @@ class LossSpec:
       |P X_q(1) - y_q|^2, P selecting the coordinates ``coords`` (default:
       the last one);
     - ``flowmap``: int |X_1(x) - T(x)|^2 dmu_0(x) for the affine map
-      T(x) = map_A x + map_b (particles: every token with its label; grid:
+      T(x) = map_A x + map_b, or T tabulated at ``map_points`` (:meth:`target`)
+      (particles: every token with its label; grid:
       mass-free query tokens at a tensor Gauss rule of mu_0, ``flowmap_points``
       per axis).
 
@@ -255,6 +256,8 @@ class LossSpec:
     coords: tuple[int, ...] | None = None  # readout: 0-based coordinates (default: the last)
     map_A: np.ndarray | None = None  # flowmap: T(x) = map_A x + map_b
     map_b: np.ndarray | None = None
+    map_points: np.ndarray | None = None  # or tabulated: T(map_points[i]) = map_values[i], (n, d) each
+    map_values: np.ndarray | None = None
     flowmap_points: int = 8  # flowmap on the grid: Gauss points per axis (and per mixture component)
 
     def __post_init__(self):
@@ -288,7 +291,7 @@ class LossSpec:
             if not coords or len(set(coords)) != len(coords):
                 fail("loss.coords", list(coords), "distinct coordinate indices 0, 1 or 2")
             object.__setattr__(self, "coords", coords)
-        for name in ("map_A", "map_b"):
+        for name in ("map_A", "map_b", "map_points", "map_values"):
             value = getattr(self, name)
             if value is not None:
                 arr = np.array(value, dtype=np.float64)
@@ -297,7 +300,13 @@ class LossSpec:
                 arr.setflags(write=False)
                 object.__setattr__(self, name, arr)
         check_int(self.flowmap_points, "loss.flowmap_points", 1, 64)
-        if "flowmap" in kinds and self.map_A is None and self.map_b is None:
+        tabulated = self.map_points is not None or self.map_values is not None
+        if tabulated and (self.map_A is not None or self.map_b is not None):
+            fail("loss.map", MISSING, "either A and b (affine) or points and values (tabulated), not both")
+        if tabulated and (self.map_points is None or self.map_values is None
+                          or self.map_points.ndim != 2 or self.map_values.shape != self.map_points.shape):
+            fail("loss.map.values", self.map_values, "points and values of one shape (n, d)")
+        if "flowmap" in kinds and self.map_A is None and self.map_b is None and not tabulated:
             fail("loss.map", MISSING, "the target map { A = [[...]], b = [...] } for kind \"flowmap\"")
 
     @property
@@ -308,6 +317,25 @@ class LossSpec:
     def factors(self) -> tuple[float, ...]:
         """The weight of each kind, in the order of :attr:`kinds`."""
         return self.weights if self.weights is not None else (1.0,) * len(self.kinds)
+
+    def target(self, X: np.ndarray) -> np.ndarray:
+        """T(X) for points X (n, d): affine, or the table interpolated piecewise linearly (on the Delaunay
+        triangulation of its points for d >= 2), its nearest value outside the table's hull."""
+        X = np.asarray(X, dtype=np.float64)
+        if self.map_points is None:
+            A, b = self.target_map(X.shape[1])
+            return X @ A.T + b
+        P, F = self.map_points, self.map_values
+        if P.shape[1] == 1:
+            order = np.argsort(P[:, 0])
+            return np.interp(X[:, 0], P[order, 0], F[order, 0])[:, None]
+        from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+
+        out = LinearNDInterpolator(P, F)(X)
+        outside = np.any(np.isnan(out), axis=1)
+        if outside.any():
+            out[outside] = NearestNDInterpolator(P, F)(X[outside])
+        return out
 
     def target_map(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(A (d, d), b (d,)) of the flowmap's T(x) = A x + b (identity and zero where not given)."""
@@ -449,7 +477,10 @@ def check_point_losses(loss: LossSpec, dim: int, queries: tuple[Queries | None, 
             if q.labels.shape[1] != len(coords):
                 fail(f"{key}.labels", q.labels, f"{len(coords)} label column(s), one per loss.coords entry "
                      f"{list(coords)}")
-    if "flowmap" in loss.kinds:
+    if "flowmap" in loss.kinds and loss.map_points is not None:
+        if loss.map_points.shape[1] != dim or loss.map_points.shape[0] < dim + 1:
+            fail("loss.map.points", loss.map_points, f"at least {dim + 1} points of dimension {dim}")
+    elif "flowmap" in loss.kinds:
         A, b = loss.target_map(dim)
         if A.shape != (dim, dim):
             fail("loss.map.A", A, f"a ({dim}, {dim}) matrix")

@@ -115,3 +115,19 @@ def test_bad_queries_name_the_key():
         parse_case(dump_case(base))
     with pytest.raises(ValueError, match="Queries.points"):
         Queries([[np.nan, 0.0]])
+
+
+@pytest.mark.parametrize("method", ["grid", "particles"])
+def test_a_tabulated_flow_map_equals_the_affine_one_it_tabulates(method):
+    """T given by its values on a grid of points (piecewise linear) reproduces an affine T exactly."""
+    A, b = np.array([[1.1, 0.2], [0.0, 0.9]]), np.array([0.1, 0.0])
+    g = np.linspace(-6, 6, 5)
+    P = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    table = {"kind": "flowmap", "map": {"points": P.tolist(), "values": (P @ A.T + b).tolist()},
+             "flowmap_points": 4}
+    tab = _case(method, table)
+    aff = _case(method, "flowmap")
+    assert Problem(tab).risk(tab.heads).risk == pytest.approx(Problem(aff).risk(aff.heads).risk, rel=1e-12)
+    X = np.array([[0.3, -0.2], [9.0, 9.0]])  # the second point outside the table: its nearest value
+    got = tab.loss.target(X)
+    assert np.allclose(got[0], X[0] @ A.T + b) and np.allclose(got[1], P[-1] @ A.T + b)
