@@ -100,9 +100,8 @@ class Method(ABC):
         loss = self.case.loss
         sets = {}
         if queries is not None and queries.labels is not None and loss is not None and "readout" in loss.kinds:
-            coords = loss.coords if loss.coords is not None else (self.case.dim - 1,)
             sets["readout"] = Labelled(slice(query_row, query_row + len(queries)), queries.weights,
-                                       queries.labels, coords)
+                                       queries.labels, loss.readout_coords(self.case.dim))
         if flow is not None:
             X0, w0 = flow
             sets["flowmap"] = Labelled(slice(flow_row, flow_row + len(w0)), w0 / w0.sum(), loss.target(X0))

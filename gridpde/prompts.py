@@ -88,6 +88,24 @@ def normalised_weights(w: np.ndarray, positive: bool) -> np.ndarray:
     return w / w.sum()
 
 
+def _points_and_weights(points, weights, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points (n, d) (a flat list: 1-D) and weights >= 0 normalised to sum 1 (default equal)."""
+    X = np.array(points, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}.points: expected finite (n, d), got shape {np.shape(points)}")
+    _check_dim(X.shape[1], f"{name}.points")
+    n = X.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.array(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name}.weights: expected shape ({n},), got {w.shape}")
+    try:
+        return X, normalised_weights(w, positive=False)
+    except ValueError as exc:
+        raise ValueError(f"{name}.weights: expected {exc}") from None
+
+
 def _check_dim(d: int, what: str) -> None:
     if not 1 <= d <= 3:
         raise ValueError(f"{what}: the token dimension must be 1, 2 or 3, got {d}")
@@ -256,20 +274,7 @@ class TokensPrompt(_PromptMethods):
     kind: Literal["tokens"] = "tokens"
 
     def __post_init__(self):
-        X = np.array(self.points, dtype=np.float64)
-        if X.ndim == 1:
-            X = X[:, None]
-        if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
-            raise ValueError(f"TokensPrompt.points: expected finite (n, d), got shape {np.shape(self.points)}")
-        _check_dim(X.shape[1], "TokensPrompt.points")
-        n = X.shape[0]
-        w = np.full(n, 1.0 / n) if self.weights is None else np.array(self.weights, dtype=np.float64)
-        if w.shape != (n,):
-            raise ValueError(f"TokensPrompt.weights: expected shape ({n},), got {w.shape}")
-        try:
-            w = normalised_weights(w, positive=False)
-        except ValueError as exc:
-            raise ValueError(f"TokensPrompt.weights: expected {exc}") from None
+        X, w = _points_and_weights(self.points, self.weights, "TokensPrompt")
         object.__setattr__(self, "points", _frozen(X))
         object.__setattr__(self, "weights", _frozen(w))
 
@@ -379,20 +384,8 @@ class Queries:
     labels: np.ndarray | None = None
 
     def __post_init__(self):
-        X = np.array(self.points, dtype=np.float64)
-        if X.ndim == 1:
-            X = X[:, None]
-        if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
-            raise ValueError(f"Queries.points: expected finite (n, d), got shape {np.shape(self.points)}")
-        _check_dim(X.shape[1], "Queries.points")
+        X, w = _points_and_weights(self.points, self.weights, "Queries")
         n = X.shape[0]
-        w = np.full(n, 1.0 / n) if self.weights is None else np.array(self.weights, dtype=np.float64)
-        if w.shape != (n,):
-            raise ValueError(f"Queries.weights: expected shape ({n},), got {w.shape}")
-        try:
-            w = normalised_weights(w, positive=False)
-        except ValueError as exc:
-            raise ValueError(f"Queries.weights: expected {exc}") from None
         labels = self.labels
         if labels is not None:
             labels = np.array(labels, dtype=np.float64)

@@ -318,6 +318,10 @@ class LossSpec:
         """The weight of each kind, in the order of :attr:`kinds`."""
         return self.weights if self.weights is not None else (1.0,) * len(self.kinds)
 
+    def readout_coords(self, dim: int) -> tuple[int, ...]:
+        """The coordinates the readout compares with the labels (default: the last)."""
+        return self.coords if self.coords is not None else (dim - 1,)
+
     def target(self, X: np.ndarray) -> np.ndarray:
         """T(X) for points X (n, d): affine, or the table interpolated piecewise linearly (on the Delaunay
         triangulation of its points for d >= 2), its nearest value outside the table's hull."""
@@ -467,7 +471,7 @@ class Case:
 def check_point_losses(loss: LossSpec, dim: int, queries: tuple[Queries | None, ...]) -> None:
     """readout needs labelled queries on every prompt, of as many columns as coords; flowmap a (d, d) map."""
     if "readout" in loss.kinds:
-        coords = loss.coords if loss.coords is not None else (dim - 1,)
+        coords = loss.readout_coords(dim)
         if max(coords) >= dim:
             fail("loss.coords", list(coords), f"coordinate indices below dim = {dim}")
         for i, q in enumerate(queries):

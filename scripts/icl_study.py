@@ -112,9 +112,7 @@ def figures(out: Path, results: dict, ctx: dict, quick: bool) -> None:
         ax.set_ylabel("predicted (query's last coordinate at s = 1)")
         ax.set_aspect("equal")
     fig.suptitle("in-context regression: predicted against true labels (colour: prompt)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "icl_predictions.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "icl_predictions.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, r in results.items():
@@ -123,9 +121,7 @@ def figures(out: Path, results: dict, ctx: dict, quick: bool) -> None:
     ax.set_ylabel("risk / trivial predictor's risk")
     ax.set_title("in-context regression: risk along training", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "icl_risk.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "icl_risk.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for features, (ns, means, sds, law) in ctx.items():
@@ -137,10 +133,16 @@ def figures(out: Path, results: dict, ctx: dict, quick: bool) -> None:
     ax.set_ylabel("readout risk of the trained heads")
     ax.set_title("finite-context transformer: risk against context size", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "icl_context.png", dpi=90)
-    plt.close(fig)
+    _save(fig, out / "icl_context.png")
     trajectories(out, results, quick)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def trajectories(out: Path, results: dict, quick: bool) -> None:

@@ -34,6 +34,16 @@ def _datasets(path):
     return out, attrs
 
 
+def _assert_same_file(serial, mpi) -> None:
+    """Every dataset and the status attributes equal, bit for bit (train/seconds is wall-clock)."""
+    a, attrs_a = _datasets(serial)
+    b, attrs_b = _datasets(mpi)
+    assert attrs_a == attrs_b
+    assert set(a) == set(b)
+    for name in sorted(set(a) - {"train/seconds"}):
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
 @pytest.mark.parametrize("method, ranks", [("grid", 2), ("particles", 2), ("grid", 4)])
 def test_training_under_mpi_writes_the_serial_runs_file_bit_for_bit(tmp_path, method, ranks):
     """4 ranks for 3 prompts: one rank idles but takes part in every collective."""
@@ -48,13 +58,7 @@ def test_training_under_mpi_writes_the_serial_runs_file_bit_for_bit(tmp_path, me
     assert serial.returncode == 0, serial.stderr
     par = _run(["run", str(case), "-o", "mpi.h5"], ranks, tmp_path)
     assert par.returncode == 0, par.stderr
-    a, attrs_a = _datasets(tmp_path / "serial.h5")
-    b, attrs_b = _datasets(tmp_path / "mpi.h5")
-    assert attrs_a == attrs_b
-    skip = {"train/seconds"}  # wall-clock
-    assert set(a) == set(b)
-    for name in sorted(set(a) - skip):
-        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    _assert_same_file(tmp_path / "serial.h5", tmp_path / "mpi.h5")
     assert par.stderr.count("finished in") == 1  # rank 0 reports
 
 
@@ -84,11 +88,7 @@ def test_explicit_training_on_prompts_of_unequal_cost_matches_the_serial_run(tmp
     assert serial.returncode == 0, serial.stderr
     par = _run(["run", str(case), "-o", "mpi.h5"], 2, tmp_path)
     assert par.returncode == 0, par.stderr
-    a, attrs_a = _datasets(tmp_path / "serial.h5")
-    b, attrs_b = _datasets(tmp_path / "mpi.h5")
-    assert attrs_a == attrs_b
-    for name in sorted(set(a) - {"train/seconds"}):
-        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    _assert_same_file(tmp_path / "serial.h5", tmp_path / "mpi.h5")
 
 
 def test_a_failure_on_one_rank_stops_every_rank_with_the_same_status(tmp_path):
@@ -139,11 +139,7 @@ def test_sigterm_under_mpi_saves_a_checkpoint_that_resumes_bit_for_bit(tmp_path)
         assert 1 <= f.attrs["train_step"] < 60
     par = _run(["run", str(case), "-o", "mpi.h5", "--resume"], 2, tmp_path)
     assert par.returncode == 0, par.stderr
-    a, attrs_a = _datasets(tmp_path / "serial.h5")
-    b, attrs_b = _datasets(tmp_path / "mpi.h5")
-    assert attrs_a == attrs_b
-    for name in sorted(set(a) - {"train/seconds"}):
-        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    _assert_same_file(tmp_path / "serial.h5", tmp_path / "mpi.h5")
 
 
 def test_ntk_and_validate_run_on_rank_0_under_mpi(tmp_path):

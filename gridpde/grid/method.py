@@ -94,12 +94,12 @@ class GridMethod(Method):
              schedule=None) -> tuple[GridState, list | None]:
         """The density from s0 to s1 and the tracked points after it over its steps (a tape is kept
         for them); returns the new state and the points' stage inputs (None without points)."""
-        if state.points is None:
-            rho, lost, n = solver.solve(state.rho, s0, s1, on_step, tape, schedule)
-            return state.moved(rho, lost, n, None), None
-        tape = tape if tape is not None else self.new_tape()
-        first = len(tape.steps)
+        if state.points is not None and tape is None:
+            tape = self.new_tape()
+        first = len(tape.steps) if tape is not None else 0
         rho, lost, n = solver.solve(state.rho, s0, s1, on_step, tape, schedule)
+        if state.points is None:
+            return state.moved(rho, lost, n, None), None
         points, history = advect(solver, tape.steps[first:], state.points)
         return state.moved(rho, lost, n, points), history
 
