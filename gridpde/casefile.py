@@ -257,12 +257,18 @@ def _model(value: Any, dim: int, base_dir: Path) -> Heads:
 
 
 _HEAD_SOURCES = (*HEAD_ARRAYS, "heads_file", "init")
+#: the most head parameters a case may ask for (800 MB of float64)
+MAX_HEAD_ENTRIES = 10**8
 
 
 def _heads(table: dict, where: str, sizes: tuple[int, int, int, int], base_dir: Path,
            scale_scores: bool) -> Heads:
     """Q, K, V of ``table`` (the keys of ``_HEAD_SOURCES``) for sizes (L, M, k, d)."""
     L, M, k, dim = sizes
+    entries = L * M * (2 * k * dim + dim * dim)
+    if entries > MAX_HEAD_ENTRIES:  # checked before any array is made (layers = 1e9 hung, 2**62 crashed)
+        raise CaseError(f"{where}: layers x heads x head_dim = {L} x {M} x {k} gives {entries:.3g} head entries; "
+                        f"at most {MAX_HEAD_ENTRIES:.0e} are allowed")
     given = (["Q, K, V"] if any(n in table for n in HEAD_ARRAYS) else []) + [
         n for n in ("heads_file", "init") if n in table
     ]

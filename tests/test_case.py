@@ -398,3 +398,15 @@ def test_error_message_format():
 def test_missing_case_file(tmp_path):
     with pytest.raises(CaseError, match="nope.toml"):
         load_case(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("key", ["layers", "heads", "head_dim"])
+@pytest.mark.parametrize("value", [10**9, 2**62])
+def test_huge_model_sizes_are_refused_before_any_array_is_made(key, value):
+    """layers = 1e9 hung in the fuzz table, 2**62 ended in a numpy ValueError; now one line, exit 2."""
+    from gridpde.builders import case_document, dump_case
+
+    doc = case_document(cells=16)
+    doc["model"][key] = value
+    with pytest.raises(CaseError, match="head entries"):
+        parse_case(dump_case(doc))
