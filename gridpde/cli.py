@@ -80,12 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     from gridpde.parallel import world
 
     ranks = world()
+    ranks.stop_code = 0
     if ranks.size > 1:  # every rank gets the signal: stop together at the next agreed point
         previous_int = signal.signal(signal.SIGINT, lambda signum, frame: ranks.note_stop(signum))
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: ranks.note_stop(signum))
     else:
         previous_int = signal.getsignal(signal.SIGINT)
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(ranks, signum))
 
     def say(line: str) -> None:  # under MPI every rank ends alike; rank 0 says how
         if world().root:
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, previous_int)
 
 
-def _terminate(signum, frame):
+def _terminate(ranks, signum):
+    """Serial SIGTERM: stop now, and note it, for the next agreed point if this raise is swallowed."""
+    ranks.note_stop(signum)
     raise Terminated()
 
 

@@ -106,14 +106,19 @@ class Ranks:
         self.stop_code = max(self.stop_code, 2 if signum == signal.SIGTERM else 1)
 
     def agree_stop(self) -> None:
-        """Every rank raises Terminated (SIGTERM) or KeyboardInterrupt (Ctrl-C) if any rank noted one."""
-        if self.comm is None:
-            return
-        from mpi4py import MPI
+        """Every rank raises Terminated (SIGTERM) or KeyboardInterrupt (Ctrl-C) if any rank noted one.
 
+        Serial runs raise in the signal handler itself; the noted stop catches the signal that Python
+        swallowed because it arrived inside a callback ("Exception ignored in ..."), seen once in CI.
+        """
         from gridpde.errors import Terminated
 
-        code = self.comm.allreduce(self.stop_code, op=MPI.MAX)
+        if self.comm is None:
+            code = self.stop_code
+        else:
+            from mpi4py import MPI
+
+            code = self.comm.allreduce(self.stop_code, op=MPI.MAX)
         if code == 2:
             raise Terminated()
         if code == 1:
