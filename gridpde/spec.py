@@ -212,7 +212,7 @@ class SolverSpec:
     mass_tol: float = 1e-6
     max_steps: int = 100_000  # depth steps per layer interval (grid) before the run stops (exit 1)
     quadrature: Quadrature = "deconvolved"
-    attention: Attention = "auto"  # grid: exact tensor sums, or the tilted-mean table (auto: from 4096 cells)
+    attention: Attention = "auto"  # exact sums, or the tilted-mean table (auto: by size, see the README)
     attention_tol: float = 1e-10  # the table's relative error bound on the velocity
     # particle method
     integrator: Integrator = "rk4"

@@ -46,6 +46,16 @@ derivative of the interpolant for B_bar, then the inverse per-panel
 transform to node cotangents, through F = S_a / S0 - g to the sums, and by
 the transposed chain of matrix products to w_bar.
 
+Token sources (the particle method, :func:`token_table_velocity`). The
+same table, with the node sums taken directly over the n tokens (per block
+of tokens, products of the per-axis factors: O(nodes x n) by matrix
+products) and the a posteriori check against the direct kernel. Its VJP
+(:func:`token_table_velocity_vjp`) gives the tokens' cotangent in both
+roles: as targets through the interpolant's derivative, as sources through
+d e_k / d y_k = z e_k in the transposed node sums (the factors are
+recomputed there, not kept). A node whose factorised sum underflows makes
+the call use the direct kernel.
+
 Measured here (2 shared cores, scripts/bench_table.py, faces of a 2-D 256^2
 grid, 16 heads, O(1) scores; exact kernel ~3 us per pair): the whole call
 is 40-85x faster than the exact kernel on a Gaussian and 20-40x on two
@@ -65,10 +75,13 @@ import numpy as np
 from numba import prange
 
 from gridpde._numba import inline, kernel
+from gridpde.attention.direct import WEIGHT_FLOOR, direct_velocity
+from gridpde.attention.direct_vjp import direct_velocity_vjp
 from gridpde.attention.tensor import CHUNK, UNDERFLOW, langevin_array, tensor_velocity
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
 
 __all__ = [
+    "AttentionStats",
     "Table",
     "TableTooLarge",
     "build_table",
@@ -76,12 +89,41 @@ __all__ = [
     "evaluate_vjp",
     "table_velocity",
     "table_velocity_vjp",
+    "token_table_velocity",
+    "token_table_velocity_vjp",
 ]
 
 #: private copies of the coefficient cotangents in the VJP (fixed, so results do not depend on threads)
 PARTS = 4
 #: default cap on the number of table nodes (product over the table axes)
 MAX_NODES = 2_000_000
+
+
+@dataclass
+class AttentionStats:
+    """What the table method did during a solver's life: calls, fallbacks, the largest error estimate."""
+
+    calls: int = 0
+    table: int = 0
+    fallbacks: int = 0
+    max_error: float = 0.0
+    fallback_reason: str = ""
+
+    def add(self, info: dict):
+        """Count one call's ``info`` (from :func:`table_velocity`); returns its table (None: exact sums)."""
+        self.calls += 1
+        if info["table"] is None:
+            self.fallbacks += 1
+            self.fallback_reason = self.fallback_reason or info["reason"]
+        else:
+            self.table += 1
+            self.max_error = max(self.max_error, info["error_estimate"])
+        return info["table"]
+
+    def report(self, use_table: bool) -> dict:
+        """Result-file attributes: which sums were asked for, the largest error estimate, the fallbacks."""
+        return {"attention_used": "table" if use_table else "exact", "attention_max_error": self.max_error,
+                "attention_fallbacks": self.fallbacks, "attention_fallback_reason": self.fallback_reason}
 
 
 class TableTooLarge(ValueError):
@@ -224,13 +266,14 @@ def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen
 
 @kernel(parallel=True)
 def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh1, bins2, cen2, rh2,
-                    n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum):  # fmt: skip
+                    n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum, xbar):  # fmt: skip
     """Per-part cotangents of :func:`_table_forward` (transpose of the frozen interpolation).
 
     With cb = Vc_j^T ubar_t (tabulated components) for target t and head j and
     W the tensor Chebyshev weights at z = Bc_j x_t:
     cbar[part, panel, c] += cb_c W (coefficient cotangents),
-    Bcbar[part, j, k] += (d/du_k sum_c cb_c F~_c) x_t, Fsum[part, j, :, c] += ubar_t F~_c.
+    Bcbar[part, j, k] += (d/du_k sum_c cb_c F~_c) x_t, Fsum[part, j, :, c] += ubar_t F~_c,
+    xbar[t] += sum_j sum_k (d/du_k sum_c cb_c F~_c) Bc_j[k] (the targets' own cotangent).
 
     Args:
         targets ... coef: as for :func:`_table_forward`.
@@ -238,6 +281,7 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
         cbar: (parts, P, nc, L) zeroed.
         Bcbar: (parts, M, 3, 3) zeroed.
         Fsum: (parts, M, 3, nc) zeroed.
+        xbar: (T, 3) zeroed (each target is written by one part only).
     """
     T = targets.shape[0]
     M = Bc.shape[0]
@@ -330,6 +374,8 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
                     Bb[2, 0] += g2 * x0
                     Bb[2, 1] += g2 * x1
                     Bb[2, 2] += g2 * x2
+                    for b in range(3):
+                        xbar[t, b] += g0 * Bc[j, 0, b] + g1 * Bc[j, 1, b] + g2 * Bc[j, 2, b]
 
 
 @kernel(parallel=True)
@@ -404,6 +450,8 @@ class Table:
         bad: node grid mask of nodes computed by the exact kernel's direct branch (S0 underflow).
         znodes: per source axis the node coordinates.
         box: (lo, hi), each (3,) per source axis (inactive axes 0).
+        tokens: the sources are weighted tokens (``w`` (n,), ``ys`` their three coordinate columns,
+            ``E``/``EY`` not kept: (p_a, n) per axis, recomputed by the VJP), not a tensor grid.
     """
 
     axes: tuple
@@ -422,6 +470,7 @@ class Table:
     bad: np.ndarray
     znodes: tuple
     box: tuple
+    tokens: bool = False
 
     @property
     def d(self):
@@ -513,6 +562,85 @@ def _node_sums_transpose(E, EY, S0bar, Sbar, shape):
     return np.ascontiguousarray(wbar.reshape(shape))
 
 
+#: tokens per block of the token node sums (bounds the (p0 p1, block) work arrays)
+TOKEN_BLOCK = 2048
+
+
+def _token_axes(X):
+    """Axes along which the tokens are not all at one coordinate."""
+    return tuple(a for a in range(3) if X.shape[0] and np.ptp(X[:, a]) > 0.0)
+
+
+def _token_blocks(n):
+    return [slice(b, min(n, b + TOKEN_BLOCK)) for b in range(0, n, TOKEN_BLOCK)]
+
+
+def _pair(F0, F1, blk):
+    """(p0 p1, block) products F0[i, k] F1[j, k] of two axes' factors over a block of tokens."""
+    return (F0[:, None, blk] * F1[None, :, blk]).reshape(-1, blk.stop - blk.start)
+
+
+def _token_node_sums(w, E, EY, active):
+    """S0 and S_a at all nodes for token sources: S[i, j, l] = sum_k w_k E0[i, k] E1[j, k] E2[l, k].
+
+    The token-source counterpart of :func:`_node_sums` (O(nodes x tokens), by blocks of
+    matrix products); EY_a in place of E_a gives S_a.
+    """
+    p = tuple(f.shape[0] for f in E)
+    S0 = np.zeros((p[0] * p[1], p[2]))
+    S = {a: np.zeros_like(S0) for a in active}
+    for blk in _token_blocks(w.shape[0]):
+        A = _pair(E[0], E[1], blk) * w[blk]
+        E2t = E[2][:, blk].T
+        S0 += A @ E2t
+        if 2 in S:
+            S[2] += A @ EY[2][:, blk].T
+        if 0 in S:
+            S[0] += (_pair(EY[0], E[1], blk) * w[blk]) @ E2t
+        if 1 in S:
+            S[1] += (_pair(E[0], EY[1], blk) * w[blk]) @ E2t
+    return S0.reshape(p), {a: v.reshape(p) for a, v in S.items()}
+
+
+def _token_sums_transpose(table, S0bar, Sbar):
+    """Cotangents of the token positions (n, 3) from cotangents of the token node sums.
+
+    With e_k(z) = prod_a E_a[., k], S0 = sum_k w_k e_k and S_a = sum_k w_k y_ka e_k,
+    y_bar_kb = w_k [C_b(S0bar) + sum_a y_ka C_b(Sbar_a) + C(Sbar_b)]_k, where
+    C(G)_k = sum_z e_k(z) G(z) and C_b the same with z_b e_k (d e_k / d y_kb): E_b
+    replaced by z_b E_b along axis b. The factors' stabilising shifts cancel in
+    m = S_a / S0, so they are held fixed.
+    """
+    w, ys, axes = table.w, table.ys, table.axes
+    E = [_stabilised_factors(table.znodes[a], ys[a]) for a in range(3)]  # (p_a, n): recomputed, not kept
+    DE = [table.znodes[a][:, None] * E[a] for a in range(3)]
+    p = tuple(f.shape[0] for f in E)
+    Gs = {"S0": S0bar, **{a: Sbar[a] for a in axes}}
+    ybar = np.zeros((w.shape[0], 3))
+    for blk in _token_blocks(w.shape[0]):
+        e = [f[:, blk] for f in E]
+        de = [f[:, blk] for f in DE]
+        acc = {b: np.zeros(blk.stop - blk.start) for b in axes}
+        for key, G in Gs.items():
+            G2 = G.reshape(p[0] * p[1], p[2])
+            H = (G2 @ e[2]).reshape(p[0], p[1], -1)
+            T1 = np.einsum("jk,ijk->ik", e[1], H)  # summed over axis 1
+            scale = 1.0 if key == "S0" else ys[key][blk]
+            for b in axes:
+                if b == 2:
+                    C = np.einsum("ik,ik->k", e[0], np.einsum("jk,ijk->ik", e[1], (G2 @ de[2]).reshape(H.shape)))
+                elif b == 1:
+                    C = np.einsum("ik,ik->k", e[0], np.einsum("jk,ijk->ik", de[1], H))
+                else:
+                    C = np.einsum("ik,ik->k", de[0], T1)
+                acc[b] += scale * C
+            if key != "S0":  # C(Sbar_b), b = key
+                acc[key] += np.einsum("ik,ik->k", e[0], T1)
+        for b in axes:
+            ybar[blk, b] = w[blk] * acc[b]
+    return ybar
+
+
 def _g(z, h):
     """g(z, h) = (h/2) L(z h/2) (0 where h = 0)."""
     return 0.5 * h * langevin_array(0.5 * h * z) if h > 0.0 else np.zeros_like(z)
@@ -537,8 +665,11 @@ def _lookup_arrays(breaks_padded, nq):
     return (lo, binv, *per_axis, *nq)
 
 
-def _make_table(w, ys, h, axes, breaks, q):
-    """The table on the given panels: node values by separable sums, then coefficients per panel."""
+def _make_table(w, ys, h, axes, breaks, q, tokens=False):
+    """The table on the given panels: node values by separable sums, then coefficients per panel.
+
+    ``tokens``: ``w`` (n,) are token weights and ``ys`` the tokens' coordinate columns (h = 0).
+    """
     d = len(axes)
     nq = q + 1
     t = _cheb_points(q)
@@ -553,7 +684,7 @@ def _make_table(w, ys, h, axes, breaks, q):
             znodes.append(np.zeros(1))
     E = tuple(_stabilised_factors(znodes[a], ys[a]) for a in range(3))
     EY = tuple(E[a] * ys[a][None, :] for a in range(3))
-    S0, S = _node_sums(w, E, EY, axes)
+    S0, S = (_token_node_sums if tokens else _node_sums)(w, E, EY, axes)
     good = (S0 > UNDERFLOW) & (S0 < np.inf)
     safe = np.where(good, S0, 1.0)
     m = np.stack([S[a] / safe for a in axes], axis=-1) if d else np.zeros(S0.shape + (0,))
@@ -564,7 +695,10 @@ def _make_table(w, ys, h, axes, breaks, q):
         Z = np.stack([znodes[a][idx[a]] for a in range(3)], axis=-1)
         out = np.empty((len(Z), 3))
         eye = np.eye(3)[None]
-        tensor_velocity(Z, w, *ys, eye, eye, np.zeros(3), out, np.empty((1, len(Z))))
+        if tokens:
+            direct_velocity(Z, np.ascontiguousarray(np.stack(ys, axis=1)), w, eye, eye, out, np.empty((1, len(Z))))
+        else:
+            tensor_velocity(Z, w, *ys, eye, eye, np.zeros(3), out, np.empty((1, len(Z))))
         m[idx] = out[:, list(axes)]
     F = m.copy()
     for c, a in enumerate(axes):
@@ -586,8 +720,9 @@ def _make_table(w, ys, h, axes, breaks, q):
     lo = np.array([breaks[axes.index(a)][0] if a in axes else 0.0 for a in range(3)])
     hi = np.array([breaks[axes.index(a)][-1] if a in axes else 0.0 for a in range(3)])
     return Table(axes=tuple(axes), degree=q, breaks=tuple(np.asarray(b, float) for b in breaks), h=h.copy(),
-                 const=const, coef=coef, lookup=_lookup_arrays(padded, n), w=w, ys=ys, E=E, EY=EY, S0=S0, m=m,
-                 bad=bad, znodes=tuple(znodes), box=(lo, hi))  # fmt: skip
+                 const=const, coef=coef, lookup=_lookup_arrays(padded, n), w=w, ys=ys,
+                 E=() if tokens else E, EY=() if tokens else EY, S0=S0, m=m,
+                 bad=bad, znodes=tuple(znodes), box=(lo, hi), tokens=tokens)  # fmt: skip
 
 
 def _occupancy(table, zsample, cells):
@@ -664,7 +799,7 @@ def _tails(table, occupied=None):
 
 
 def build_table(w, y0, y1, y2, zlo, zhi, atol, h=None, degree=6, panels=2, max_nodes=MAX_NODES, safety=1.0,
-                zsample=None, cells=32, breaks=None):  # fmt: skip
+                zsample=None, cells=32, breaks=None, tokens=False):  # fmt: skip
     """Build the table of F(z) = m(z) - g(z; h) on the box zlo <= z <= zhi, refined to ``atol``.
 
     Panels are split, per axis, where the estimate of the interpolation
@@ -688,6 +823,7 @@ def build_table(w, y0, y1, y2, zlo, zhi, atol, h=None, degree=6, panels=2, max_n
             targets): only panels near them (within a cell of a cells^d grid) drive refinement.
         cells: cells per axis of that occupancy grid.
         breaks: initial panel edges per active axis (dyadic within the box), e.g. a coarser table's.
+        tokens: token sources: ``w`` (n,) weights, ``y0, y1, y2`` the tokens' coordinates (h = 0).
 
     Returns:
         A :class:`Table`.
@@ -700,14 +836,14 @@ def build_table(w, y0, y1, y2, zlo, zhi, atol, h=None, degree=6, panels=2, max_n
     h = np.zeros(3) if h is None else np.asarray(h, dtype=float)
     if degree < 3:
         raise ValueError("degree must be >= 3")
-    axes = _active_axes(w, h)
+    axes = _token_axes(np.stack(ys, axis=1)) if tokens else _active_axes(w, h)
     panels = int(2 ** np.ceil(np.log2(max(panels, 1))))  # dyadic
     if breaks is None:
         breaks = [np.linspace(zlo[a], zhi[a], panels + 1) for a in axes]
     while True:
         if int(np.prod([(len(b) - 1) * (degree + 1) for b in breaks])) > max_nodes:
             raise TableTooLarge(f"more than {max_nodes} nodes needed for atol={atol:.3g}")
-        table = _make_table(w, ys, h, axes, breaks, degree)
+        table = _make_table(w, ys, h, axes, breaks, degree, tokens)
         if not axes:
             return table
         done = True
@@ -775,8 +911,11 @@ def evaluate(table, targets, B, V, out):
     return out
 
 
-def _nodes_to_w(table, Fbar):
-    """w_bar from cotangents Fbar of the node values F (source-padded node shape + (nc,))."""
+def _nodes_to_sources(table, Fbar):
+    """Source cotangents from cotangents Fbar of the node values F (source-padded node shape + (nc,)).
+
+    Grid sources: w_bar (n0, n1, n2). Tokens: the positions' cotangent (n, 3) (weights are fixed).
+    """
     w = table.w
     axes = table.axes
     good = ~table.bad
@@ -784,6 +923,10 @@ def _nodes_to_w(table, Fbar):
     Fb = np.where(good[..., None], Fbar, 0.0)
     S0bar = -np.sum(Fb * table.m, axis=-1) / safe
     Sbar = {a: Fb[..., c] / safe for c, a in enumerate(axes)}
+    if table.tokens:
+        if table.bad.any():
+            raise ValueError("no token-source VJP at nodes whose factorised sums underflow")
+        return _token_sums_transpose(table, S0bar, Sbar)
     wbar = _node_sums_transpose(table.E, table.EY, S0bar, Sbar, w.shape)
     if table.bad.any():
         idx = np.nonzero(table.bad)
@@ -812,7 +955,7 @@ def _coef_to_nodes(table, cbar):
 
 
 def _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum):
-    """(w_bar, B_bar, V_bar) from the kernel's per-target sums."""
+    """(w_bar, B_bar, V_bar) from the kernel's per-target sums (w_bar: the sources' cotangent)."""
     M = B.shape[0]
     d = table.d
     axes = list(table.axes)
@@ -824,7 +967,10 @@ def _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum):
     inactive = [a for a in range(3) if a not in axes]
     if inactive:
         Vbar[:, :, inactive] += (ubar.sum(axis=0)[:, None] * table.const[inactive][None, :])[None] / M
-    wbar = _nodes_to_w(table, _coef_to_nodes(table, cbar)) if d else np.zeros_like(table.w)
+    if d:
+        wbar = _nodes_to_sources(table, _coef_to_nodes(table, cbar))
+    else:
+        wbar = np.zeros((table.w.shape[0], 3)) if table.tokens else np.zeros_like(table.w)
     return wbar, Bbar, Vbar
 
 
@@ -845,8 +991,15 @@ def evaluate_vjp(table, targets, B, V, ubar):
         ubar: (T, 3) cotangent of out.
 
     Returns:
-        w_bar (n0, n1, n2), B_bar (M, 3, 3), V_bar (M, 3, 3).
+        w_bar (n0, n1, n2), B_bar (M, 3, 3), V_bar (M, 3, 3). For a token table, w_bar is
+        the cotangent (n, 3) of the source tokens' positions; see :func:`token_table_velocity_vjp`
+        for the targets' own.
     """
+    return _vjp(table, targets, B, V, ubar)[:3]
+
+
+def _vjp(table, targets, B, V, ubar):
+    """:func:`evaluate_vjp` and the targets' cotangent (T, 3)."""
     targets = np.ascontiguousarray(targets, dtype=float)
     ubar = np.ascontiguousarray(ubar, dtype=float)
     B = np.asarray(B, dtype=float)
@@ -857,9 +1010,10 @@ def evaluate_vjp(table, targets, B, V, ubar):
     cbar = np.zeros((parts,) + table.coef.shape)
     Bcbar = np.zeros((parts, M, 3, 3))
     Fsum = np.zeros((parts, M, 3, d))
+    xbar = np.zeros((targets.shape[0], 3))
     if d:
-        _table_backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, cbar, Bcbar, Fsum)
-    return _assemble_vjp(table, B, V, ubar, cbar.sum(axis=0), Bcbar.sum(axis=0), Fsum.sum(axis=0))
+        _table_backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, cbar, Bcbar, Fsum, xbar)
+    return _assemble_vjp(table, B, V, ubar, cbar.sum(axis=0), Bcbar.sum(axis=0), Fsum.sum(axis=0)) + (xbar,)
 
 
 # ------------------------------------------------------------------ driver
@@ -912,19 +1066,29 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
         ``rounds``, ``checked`` (pairs checked), ``reason`` and ``table`` (the
         :class:`Table`, None for the exact kernel; pass it to :func:`evaluate_vjp`).
     """
-    targets = np.ascontiguousarray(targets, dtype=float)
-    w = np.ascontiguousarray(w, dtype=float)
     ys = tuple(np.ascontiguousarray(y, dtype=float) for y in (y0, y1, y2))
+    h = np.ascontiguousarray(h, dtype=float)
+
+    def exact_kernel(Z, Bs, Vs, hs, res):
+        tensor_velocity(Z, w, *ys, Bs, Vs, hs, res, np.empty((Bs.shape[0], len(Z))))
+
+    w = np.ascontiguousarray(w, dtype=float)
+    return _driver(targets, w, ys, h, B, V, out, exact_kernel, False, tol, degree, n_check, max_nodes, max_rounds,
+                   seed)  # fmt: skip
+
+
+def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_check, max_nodes, max_rounds, seed):
+    """:func:`table_velocity` for grid or token sources; ``exact_kernel(Z, B, V, h, out)`` the exact sums."""
+    targets = np.ascontiguousarray(targets, dtype=float)
     B = np.ascontiguousarray(B, dtype=float)
     V = np.ascontiguousarray(V, dtype=float)
-    h = np.ascontiguousarray(h, dtype=float)
     T = targets.shape[0]
     M = B.shape[0]
     info = dict(method="exact", error_estimate=0.0, error_F=0.0, tol=tol, degree=None, panels=(), nodes=(),
                 table_nodes=0, fallback_nodes=0, rounds=0, checked=0, reason="", table=None)  # fmt: skip
 
     def exact(reason):
-        tensor_velocity(targets, w, *ys, B, V, h, out, np.empty((M, T)))
+        exact_kernel(targets, B, V, h, out)
         info.update(method="exact", reason=reason, table=None)
         return info
 
@@ -932,7 +1096,7 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
         return info
     if not np.any(w > 0.0):
         return exact("no positive mass")
-    axes = _active_axes(w, h)
+    axes = _token_axes(np.stack(ys, axis=1)) if tokens else _active_axes(w, h)
     d = len(axes)
     q = default_degree(tol) if degree is None else int(degree)
     info["degree"] = q
@@ -964,7 +1128,7 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
     Zs = np.einsum("sab,sb->sa", B[pairs[:, 1]], targets[pairs[:, 0]])
     eye = np.eye(3)[None]
     F_exact = np.empty((len(Zs), 3))
-    tensor_velocity(Zs, w, *ys, eye, eye, h, F_exact, np.empty((1, len(Zs))))
+    exact_kernel(Zs, eye, eye, h, F_exact)
     tsample = np.ascontiguousarray(targets[np.unique(pairs[:, 0])])
     sub = targets[:: max(1, T // 2048)]
     zsub = np.concatenate([np.einsum("jab,tb->jta", B, sub).reshape(-1, 3), Zs])
@@ -972,13 +1136,14 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
     vnorm = _spectral_norms(V, axes).mean()
     Fscale = np.abs(F_exact[:, list(axes)]).max() if d else 0.0
     if d == 0 or vnorm == 0.0:
-        table = _make_table(w, ys, h, axes, [np.array([zlo[a], zhi[a]]) for a in axes], q)
+        table = _make_table(w, ys, h, axes, [np.array([zlo[a], zhi[a]]) for a in axes], q, tokens)
         evaluate(table, targets, B, V, out)
         info.update(method="table", table=table, reason="nothing to tabulate" if d == 0 else "V = 0")
         return info
     # a coarse table to estimate max|out| on the sample targets
     try:
-        coarse = build_table(w, *ys, zlo, zhi, 1e-3 * max(Fscale, 1e-300), h, q, max_nodes=max_nodes, zsample=zsub)
+        coarse = build_table(w, *ys, zlo, zhi, 1e-3 * max(Fscale, 1e-300), h, q, max_nodes=max_nodes, zsample=zsub,
+                             tokens=tokens)  # fmt: skip
         outmax = np.abs(evaluate(coarse, tsample, B, V, np.empty((len(tsample), 3)))).max()
     except TableTooLarge:
         return exact("coarse table too large")
@@ -991,7 +1156,8 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
     for rnd in range(1, max_rounds + 1):
         info["rounds"] = rnd
         try:
-            table = build_table(w, *ys, zlo, zhi, atol, h, q, max_nodes=max_nodes, zsample=zsub, breaks=start)
+            table = build_table(w, *ys, zlo, zhi, atol, h, q, max_nodes=max_nodes, zsample=zsub, breaks=start,
+                                tokens=tokens)  # fmt: skip
         except TableTooLarge:
             return exact(f"table too large (round {rnd}, atol {atol:.3g})")
         evaluate(table, Zs, eye, eye, Fs)
@@ -1008,6 +1174,8 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
         start = [_bisect(brk, failing[:, a]) for brk, a in zip(table.breaks, axes)]
     else:
         return exact(f"tolerance not met after {max_rounds} rounds (estimate {err:.3g})")
+    if tokens and table.bad.any():  # the token VJP has no direct branch at such nodes
+        return exact("token node sums underflow")
     evaluate(table, targets, B, V, out)
     outmax_all = np.abs(out).max()
     info.update(method="table", error_estimate=float(vnorm * info["error_F"] / outmax_all), table=table)
@@ -1019,3 +1187,60 @@ def table_velocity_vjp(info, targets, w, y0, y1, y2, B, V, h, ubar):
     if info.get("table") is not None:
         return evaluate_vjp(info["table"], targets, B, V, ubar)
     return tensor_velocity_vjp(targets, w, y0, y1, y2, B, V, h, ubar)
+
+
+# ------------------------------------------------------------------ token sources (the particle method)
+
+
+def _kept_tokens(X, w):
+    """Indices of the tokens that act as sources: weight above ``WEIGHT_FLOOR`` of the largest (as the direct kernel)."""
+    return np.flatnonzero(w > WEIGHT_FLOOR * w.max()) if w.size else np.zeros(0, dtype=np.int64)
+
+
+def token_table_velocity(X, w, B, V, out, tol=1e-8, degree=None, n_check=256, max_nodes=MAX_NODES, max_rounds=4,
+                         seed=0):  # fmt: skip
+    """The tokens' own attention velocity by the table method (sources and targets the tokens X).
+
+    Same result as :func:`~gridpde.attention.direct.direct_velocity` (X, X, w, B, V) to
+    within ``tol`` times max |out|, with the error control of :func:`table_velocity`; the
+    node sums are direct sums over the tokens at the tensor grid of nodes (O(nodes x n),
+    by matrix products), the per-pair cost is the same lookup as on a grid. A node whose
+    factorised sum underflows makes the call use the exact kernel (the VJP has no
+    direct branch there).
+
+    Args:
+        X: (n, 3) tokens (padded layout). w: (n,) weights >= 0.
+        B, V: (M, 3, 3). out: (n, 3) written.
+        tol ... seed: as for :func:`table_velocity`.
+
+    Returns:
+        the info dict of :func:`table_velocity`, plus ``kept`` (indices of the source tokens).
+    """
+    X = np.ascontiguousarray(X, dtype=float)
+    w = np.ascontiguousarray(w, dtype=float)
+    keep = _kept_tokens(X, w)
+    Xs = np.ascontiguousarray(X[keep])
+    ws = np.ascontiguousarray(w[keep])
+
+    def exact_kernel(Z, Bs, Vs, hs, res):
+        direct_velocity(np.ascontiguousarray(Z), X, w, Bs, Vs, res, np.empty((Bs.shape[0], len(Z))))
+
+    ys = tuple(np.ascontiguousarray(Xs[:, a]) for a in range(3))
+    info = _driver(X, ws, ys, np.zeros(3), B, V, out, exact_kernel, True, tol, degree, n_check, max_nodes,
+                   max_rounds, seed)  # fmt: skip
+    info["kept"] = keep
+    return info
+
+
+def token_table_velocity_vjp(info, X, w, B, V, ubar):
+    """(X_bar, B_bar, V_bar) for the forward pass that returned ``info``: the table's transpose, or the exact VJP.
+
+    X_bar holds both roles of the tokens: targets (the interpolant's derivative) and
+    sources (the transposed node sums); the weights are fixed.
+    """
+    table = info.get("table")
+    if table is None:
+        return direct_velocity_vjp(X, w, B, V, ubar)
+    ybar, Bbar, Vbar, xbar = _vjp(table, X, B, V, ubar)
+    xbar[info["kept"]] += ybar
+    return xbar, Bbar, Vbar

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gridpde.attention.table import table_velocity
+from gridpde.attention.table import AttentionStats, table_velocity
 from gridpde.attention.tensor import tensor_velocity
 from gridpde.errors import NumericalError, RunError
 from gridpde.grid.mesh import Grid
@@ -53,17 +53,6 @@ class Stage:
     rate: float
     u: list[np.ndarray]
     table: object = None
-
-
-@dataclass
-class AttentionStats:
-    """What the table method did during a solver's life: calls, fallbacks, the largest error estimate."""
-
-    calls: int = 0
-    table: int = 0
-    fallbacks: int = 0
-    max_error: float = 0.0
-    fallback_reason: str = ""
 
 
 def _table_bytes(table) -> int:
@@ -178,15 +167,7 @@ class GridForward:
         if self.use_table:
             info = table_velocity(self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h,
                                   self._vel, tol=self.attention_tol)
-            table = info["table"]
-            st = self.stats
-            st.calls += 1
-            if table is None:
-                st.fallbacks += 1
-                st.fallback_reason = st.fallback_reason or info["reason"]
-            else:
-                st.table += 1
-                st.max_error = max(st.max_error, info["error_estimate"])
+            table = self.stats.add(info)
         else:
             tensor_velocity(
                 self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h, self._vel, self._lse

@@ -110,10 +110,7 @@ class GridMethod(Method):
                            sv.max_steps if self.step_cap is None else min(sv.max_steps, self.step_cap))
 
     def attention_report(self, solver: GridForward) -> dict:
-        st = solver.stats
-        return {"attention_used": "table" if solver.use_table else "exact",
-                "attention_max_error": st.max_error, "attention_fallbacks": st.fallbacks,
-                "attention_fallback_reason": st.fallback_reason}
+        return solver.stats.report(solver.use_table)
 
     def advance(self, solver: GridForward, state: GridState, s0, s1, on_step=None) -> GridState:
         return self._run(solver, state, s0, s1, on_step)[0]

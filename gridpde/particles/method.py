@@ -56,7 +56,8 @@ class ParticleMethod(Method):
         self.substeps = steps_per_layer(sv.integrator, sv.substeps)
         self.steps_per_depth = case.heads.layers * self.substeps
         self.attrs = {"integrator": sv.integrator, "substeps": self.substeps, "init": sv.init,
-                      "tokens_requested": sv.tokens, "seed": sv.seed}
+                      "tokens_requested": sv.tokens, "seed": sv.seed, "attention": sv.attention,
+                      "attention_tol": sv.attention_tol}
         self.label = f"{sv.integrator} x {self.substeps} substeps"
 
     def initial(self, prompt, where, seed, queries=None, flow=True) -> TokenState:
@@ -80,7 +81,12 @@ class ParticleMethod(Method):
         return state.X
 
     def solver(self, heads: Heads) -> ParticleForward:
-        return ParticleForward(heads.B, self.values(heads), self.case.solver.integrator, self.substeps)
+        sv = self.case.solver
+        return ParticleForward(heads.B, self.values(heads), sv.integrator, self.substeps, sv.attention,
+                               sv.attention_tol)  # fmt: skip
+
+    def attention_report(self, solver: ParticleForward) -> dict:
+        return solver.stats.report(solver.use_table)
 
     def _index(self, s: float) -> int:
         return int(round(s * self.steps_per_depth))

@@ -306,6 +306,44 @@ def table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable
     return study
 
 
+def token_table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable[[], Iterator[Check]]:
+    """The token table (particle method) against direct sums: the tokens' own velocities within ``tol``
+    on sampled tokens of the validation families (Gaussian, two separated bumps; 8 random heads: the
+    table must serve them), and the bumps under 4x stronger tilts (table or a stated fallback)."""
+    from gridpde.attention.direct import direct_velocity
+    from gridpde.attention.table import token_table_velocity
+    from gridpde.heads import Heads
+    from gridpde.heads import pad3
+    from gridpde.prompts import MixturePrompt
+
+    def study() -> Iterator[Check]:
+        problem = gaussian_problem(dim)
+        c = np.full(dim, 1.6)
+        prompts = {"gaussian": GaussianPrompt(problem.mean, problem.cov),
+                   "two bumps": MixturePrompt([0.5, 0.5], [-c, c], [0.15 * np.eye(dim)] * 2)}  # fmt: skip
+        heads = Heads.random(1, 8, dim, dim, scale, 3)
+        strong = Heads(4.0 * heads.Q, heads.K, heads.V)
+        for label, prompt, h, must in (("gaussian", prompts["gaussian"], heads, True),
+                                       ("two bumps", prompts["two bumps"], heads, True),
+                                       ("two bumps, strong tilt", prompts["two bumps"], strong, False)):
+            X, w = prompt.tokens(n, "sample", 5)
+            P = np.zeros((len(w), 3))
+            P[:, 3 - dim :] = X
+            B, V = pad3(h.B)[0], pad3(h.V)[0]
+            exact = np.empty_like(P)
+            direct_velocity(P, P, w, B, V, exact, np.empty((B.shape[0], len(w))))
+            out = np.empty_like(P)
+            info = token_table_velocity(P, w, B, V, out, tol=tol)
+            err = np.abs(out - exact).max() / np.abs(exact).max()
+            how = "table" if info["table"] is not None else f"exact fallback ({info['reason']})"
+            ok = err <= tol and (info["table"] is not None or not must)
+            yield Check(f"table-tokens-{dim}d: velocity error, {label}", err,
+                        f"<= {tol:g}" + (", table" if must else ""), ok,
+                        f"{len(w)} tokens, 8 heads, {how}, estimate {info['error_estimate']:.2e}")
+
+    return study
+
+
 def query_paths(dim: int, cells, tokens, order: float, tol: float) -> Callable[[], Iterator[Check]]:
     """Query tokens against the Gaussian oracle: the grid at the scheme's order, tokens to ``tol``."""
 
@@ -379,6 +417,7 @@ QUICK = {
     "gradient-1d-particles": gradient_order(1, "particles", [16, 32, 64], "upwind", finest=1e-5),
     "ntk-families": ntk_families,
     "table-2d": table_accuracy(2, 48, 1e-8),
+    "table-tokens-2d": token_table_accuracy(2, 4000, 1e-8),
     "queries-1d": query_paths(1, (32, 64, 128), (16, 256), 1.8, 1e-8),
     "queries-mixture-1d": queries_mixture((50, 100, 200, 400), 1.8),
     "readout-1d": readout_oracle(1, (50, 100, 200), 1.8, 1e-6),
@@ -410,6 +449,9 @@ FULL = {
     "table-1d": table_accuracy(1, 400, 1e-10),
     "table-2d": table_accuracy(2, 96, 1e-9),
     "table-3d": table_accuracy(3, 24, 1e-6, scale=0.4),
+    "table-tokens-1d": token_table_accuracy(1, 20000, 1e-10),
+    "table-tokens-2d": token_table_accuracy(2, 20000, 1e-9),
+    "table-tokens-3d": token_table_accuracy(3, 8000, 1e-6, scale=0.4),
     "queries-1d": query_paths(1, (32, 64, 128, 256), (16, 256), 1.8, 1e-8),
     "queries-mixture-1d": queries_mixture((50, 100, 200, 400, 800), 1.8),
     "queries-2d": query_paths(2, (16, 32, 64), (256, 1024), 1.8, 1e-8),
