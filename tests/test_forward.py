@@ -33,7 +33,7 @@ def test_step_is_the_ssp_combination_of_euler_steps(time):
         u1 = euler(rho)
         u2 = 0.75 * rho + 0.25 * euler(u1)
         expect = rho / 3 + 2 / 3 * euler(u2)
-    got, lost, _ = solver.step(rho, dt, 0)
+    got, lost, _, _ = solver.step(rho, dt, 0)
     assert np.abs(got - expect).max() <= 1e-15 * rho.max()
 
 

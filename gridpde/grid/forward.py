@@ -54,6 +54,10 @@ class Stage:
     u: list[np.ndarray]
     table: object = None
 
+    def layout(self, before=None):
+        """Where the next stage's table starts: this stage's panels (``before`` if it used exact sums)."""
+        return before if self.table is None else self.table.layout
+
 
 def _table_bytes(table) -> int:
     if table is None:
@@ -65,12 +69,14 @@ def _table_bytes(table) -> int:
 @dataclass
 class StepRecord:
     """What the adjoint needs of one depth step: its layer and size, the
-    state it started from and, if kept, each stage's input and face velocities."""
+    state it started from, the table layout its first stage started from
+    and, if kept, each stage's input and face velocities."""
 
     layer: int
     dt: float
     start: np.ndarray
     stages: list[tuple[np.ndarray, list[np.ndarray]]] | None
+    layout: object = None
 
 
 class Tape:
@@ -159,14 +165,17 @@ class GridForward:
         self.max_steps = max_steps
         self.stats = AttentionStats()
 
-    def face_velocity(self, rho: np.ndarray, layer: int):
-        """(normal velocity u_a at the faces of each axis a for density ``rho``, the table or None)."""
+    def face_velocity(self, rho: np.ndarray, layer: int, layout=None):
+        """(normal velocity u_a at the faces of each axis a for density ``rho``, the table or None).
+
+        ``layout``: an earlier stage's table layout on this layer, to start the table from.
+        """
         d = self.grid.dim
         w = (rho * self.grid.cell_volume).reshape(self.grid.padded_shape)
         table = None
         if self.use_table:
             info = table_velocity(self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h,
-                                  self._vel, tol=self.attention_tol)
+                                  self._vel, tol=self.attention_tol, layout=layout)
             table = self.stats.add(info)
         else:
             tensor_velocity(
@@ -178,9 +187,9 @@ class GridForward:
             u.append(self._vel[lo:hi, 3 - d + a].reshape(self.face_shapes[a]).copy())
         return u, table
 
-    def rhs(self, rho: np.ndarray, layer: int) -> Stage:
-        """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads."""
-        u, table = self.face_velocity(rho, layer)
+    def rhs(self, rho: np.ndarray, layer: int, layout=None) -> Stage:
+        """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads (``layout``: see :meth:`face_velocity`)."""
+        u, table = self.face_velocity(rho, layer, layout)
         drho = np.empty_like(rho)
         outflow = self.transport.rhs(rho, u, drho)
         rate = sum(float(np.abs(ua).max()) / dx for ua, dx in zip(u, self.grid.dx))
@@ -193,16 +202,22 @@ class GridForward:
         layer: int,
         first: Stage | None = None,
         record: list | None = None,
+        layout=None,
     ):
         """One SSP Runge-Kutta step; appends (stage input, face velocities) to ``record``.
 
+        Each stage's table starts from the previous stage's layout, the first from ``layout``
+        (``first``, if given, must have been computed from it).
+
         Returns:
-            (rho_new, mass that left during the step, largest stage Courant number).
+            (rho_new, mass that left during the step, largest stage Courant number,
+            the last stage's table layout).
         """
         u, out = rho, 0.0
         courant = 0.0
         for k, a in enumerate(self.coeffs):
-            st = first if (k == 0 and first is not None) else self.rhs(u, layer)
+            st = first if (k == 0 and first is not None) else self.rhs(u, layer, layout)
+            layout = st.layout(layout)
             if record is not None:
                 record.append((u, st.u, st.table))
             courant = max(courant, dt * st.rate)
@@ -212,14 +227,14 @@ class GridForward:
                 nu = a * rho + (1 - a) * nu
                 nout = (1 - a) * nout
             u, out = nu, nout
-        return u, out, courant
+        return u, out, courant, layout
 
     def stages_of(self, rec: StepRecord) -> list:
         """A recorded step's (stage input, face velocities, table) triples: kept, or recomputed bit for bit."""
         if rec.stages is not None:
             return rec.stages
         out: list = []
-        self.step(rec.start, rec.dt, rec.layer, None, out)
+        self.step(rec.start, rec.dt, rec.layer, None, out, rec.layout)
         return out
 
     def advance(
@@ -255,16 +270,17 @@ class GridForward:
             dt = (s1 - s0) / n
             u, out, ok = rho, 0.0, True
             records = []
+            layout = None  # the first stage was computed from none
             for i in range(n):
                 stages = [] if tape is not None else None
-                start = u
-                u, dout, courant = self.step(u, dt, layer, first if i == 0 else None, stages)
+                start, before = u, layout
+                u, dout, courant, layout = self.step(u, dt, layer, first if i == 0 else None, stages, layout)
                 out += dout
                 if courant > POSITIVITY_LIMIT:
                     ok = False
                     break
                 if tape is not None:
-                    records.append(StepRecord(layer, dt, start, stages))
+                    records.append(StepRecord(layer, dt, start, stages, before))
                 if on_step is not None:
                     on_step(s0 + (i + 1) * dt, 1)
             if ok:
