@@ -99,3 +99,26 @@ def test_stages_start_from_the_previous_table_and_recompute_bit_for_bit():
     lam = np.random.default_rng(0).normal(size=rho1.shape)
     for x, y in zip(backward(solver, kept, lam), backward(solver, none, lam)):  # dR/drho(0), dR/dB, dR/dV
         assert np.array_equal(x, y)
+
+
+def test_a_fallback_is_passed_on_so_the_next_stage_takes_exact_sums_at_once():
+    from gridpde.attention.table import table_velocity
+    from gridpde.attention.tensor import tensor_velocity
+
+    grid = Grid((-6.0, -6.0), (6.0, 6.0), (16, 16))
+    rho = gaussian_cell_averages(grid, np.array([0.3, -0.2]), np.array([[0.5, 0.1], [0.1, 0.4]]))
+    h = Heads.random(1, 3, 2, 2, 0.7, 5)
+    solver = GridForward(grid, h.B, h.V, attention="table")
+    w = (rho * grid.cell_volume).reshape(grid.padded_shape)
+    args = (solver.targets, w, *solver.sources, solver.B[0], solver.V[0], solver.h)
+    exact = np.empty((len(solver.targets), 3))
+    tensor_velocity(*args, exact, np.empty((3, len(solver.targets))))
+    out = np.empty_like(exact)
+    first = table_velocity(*args, out, max_nodes=10)  # no table fits: exact sums, and a layout saying so
+    assert first["method"] == "exact" and "too large" in first["reason"] and first["layout"].breaks is None
+    assert np.array_equal(out, exact)
+    second = table_velocity(*args, out, layout=first["layout"])  # same box: straight to exact sums
+    assert second["method"] == "exact" and "earlier stage" in second["reason"] and np.array_equal(out, exact)
+    third = table_velocity(*args, out, layout=None)  # without it the table is tried (and fits)
+    assert third["method"] == "table" and third["layout"].breaks is not None
+    assert third["layout"].fits(third["layout"].axes, third["degree"], third["layout"].lo, third["layout"].hi)

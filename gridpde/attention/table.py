@@ -39,6 +39,14 @@ panels are only dyadically tensor-refined, so a sharp feature along a
 diagonal of z-space refines whole slabs: in 3-D a two-bump density at
 tight tolerances can hit the cap.
 
+Warm starts. The stages of one layer share the z-box (same targets, same
+heads), so a call given the previous stage's :class:`Layout` starts from
+its panels instead of a coarse table (splitting only panels whose tail
+exceeds ``WARM_SLACK`` times the target, so the table does not ratchet up
+stage after stage); a call given the layout of a fallback takes exact sums
+at once. The grid solver records the layout each step started from, so a
+stage recomputed for the adjoint is the same bit for bit.
+
 VJP. With the panels frozen the forward is linear in the node values and a
 polynomial in z, so :func:`evaluate_vjp` is its exact transpose: per pair
 the coefficient cotangents cb_c W (W the tensor Chebyshev weights) and the
@@ -501,7 +509,10 @@ class Table:
 
 @dataclass(frozen=True, eq=False)
 class Layout:
-    """A table's panels on its z-box: where the next call on the same box starts refining (a warm start)."""
+    """A table's panels on its z-box: where the next call on the same box starts refining (a warm start).
+
+    ``breaks`` None: that call fell back to exact sums, and the next call on the box does at once.
+    """
 
     axes: tuple
     degree: int
@@ -1093,7 +1104,8 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
     A warm start: given the :class:`Layout` of an earlier call's table on the
     same z-box (the stages of one layer: same targets, same heads), the
     table on its panels replaces the coarse table and is the first refinement
-    step. The result is then a function of (the arguments, ``layout``), so a
+    step; if that call fell back to exact sums, this one takes them at once
+    (in 3-D a failed build can cost several exact evaluations). The result is then a function of (the arguments, ``layout``), so a
     recomputed stage given the same layout is the same bit for bit.
 
     Args:
@@ -1113,7 +1125,7 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
         check pairs), ``tol``, ``degree``, ``panels`` and ``nodes`` (per active
         axis), ``table_nodes``, ``fallback_nodes`` (nodes by the direct sum),
         ``rounds``, ``checked`` (pairs checked), ``reason``, ``warm`` (started from
-        ``layout``) and ``table`` (the :class:`Table`, None for the exact kernel;
+        ``layout``), ``layout`` (to pass to the next call on the box) and ``table`` (the :class:`Table`, None for the exact kernel;
         pass it to :func:`evaluate_vjp`).
     """
     ys = tuple(np.ascontiguousarray(y, dtype=float) for y in (y0, y1, y2))
@@ -1136,11 +1148,13 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
     T = targets.shape[0]
     M = B.shape[0]
     info = dict(method="exact", error_estimate=0.0, error_F=0.0, tol=tol, degree=None, panels=(), nodes=(),
-                table_nodes=0, fallback_nodes=0, rounds=0, checked=0, reason="", warm=False, table=None)  # fmt: skip
+                table_nodes=0, fallback_nodes=0, rounds=0, checked=0, reason="", warm=False, table=None,
+                layout=None)  # fmt: skip
+    box = None  # (axes, degree, zlo, zhi) once known: a fallback leaves a Layout without panels on it
 
     def exact(reason):
         exact_kernel(targets, B, V, h, out)
-        info.update(method="exact", reason=reason, table=None)
+        info.update(method="exact", reason=reason, table=None, layout=None if box is None else Layout(*box, None))
         return info
 
     if T == 0:
@@ -1168,6 +1182,10 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
         pad = 0.01 * (hi - lo) + 1e-9 * (1.0 + max(abs(lo), abs(hi)))
         zlo[a] = lo - pad
         zhi[a] = hi + pad
+    box = (axes, q, zlo, zhi)
+    warm = layout is not None and layout.fits(axes, q, zlo, zhi)
+    if warm and layout.breaks is None:  # an earlier call on this box fell back: do not pay for a failed build again
+        return exact("an earlier stage on the same z-box fell back to exact sums")
     rng = np.random.default_rng(seed)
     pf = [rng.integers(0, T, n_check)]
     pj = [rng.integers(0, M, n_check)]
@@ -1189,10 +1207,10 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
     if d == 0 or vnorm == 0.0:
         table = _make_table(w, ys, h, axes, [np.array([zlo[a], zhi[a]]) for a in axes], q, tokens)
         evaluate(table, targets, B, V, out)
-        info.update(method="table", table=table, reason="nothing to tabulate" if d == 0 else "V = 0")
+        info.update(method="table", table=table, layout=table.layout,
+                    reason="nothing to tabulate" if d == 0 else "V = 0")  # fmt: skip
         return info
     # max|out| on the sample targets: from the table on the earlier layout, or a coarse table
-    warm = layout is not None and layout.fits(axes, q, zlo, zhi)
     try:
         if warm:
             coarse = _make_table(w, ys, h, axes, list(layout.breaks), q, tokens)
@@ -1236,7 +1254,8 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
         return exact("token node sums underflow")
     evaluate(table, targets, B, V, out)
     outmax_all = np.abs(out).max()
-    info.update(method="table", error_estimate=float(vnorm * info["error_F"] / outmax_all), table=table)
+    info.update(method="table", error_estimate=float(vnorm * info["error_F"] / outmax_all), table=table,
+                layout=table.layout)  # fmt: skip
     return info
 
 

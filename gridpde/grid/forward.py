@@ -53,10 +53,8 @@ class Stage:
     rate: float
     u: list[np.ndarray]
     table: object = None
-
-    def layout(self, before=None):
-        """Where the next stage's table starts: this stage's panels (``before`` if it used exact sums)."""
-        return before if self.table is None else self.table.layout
+    #: where the next stage's table starts (:class:`~gridpde.attention.table.Layout`; None: exact sums asked for)
+    layout: object = None
 
 
 def _table_bytes(table) -> int:
@@ -170,6 +168,11 @@ class GridForward:
 
         ``layout``: an earlier stage's table layout on this layer, to start the table from.
         """
+        u, table, _ = self._face_velocity(rho, layer, layout)
+        return u, table
+
+    def _face_velocity(self, rho: np.ndarray, layer: int, layout=None):
+        """:meth:`face_velocity` and the layout for the next stage."""
         d = self.grid.dim
         w = (rho * self.grid.cell_volume).reshape(self.grid.padded_shape)
         table = None
@@ -177,6 +180,7 @@ class GridForward:
             info = table_velocity(self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h,
                                   self._vel, tol=self.attention_tol, layout=layout)
             table = self.stats.add(info)
+            layout = info["layout"]
         else:
             tensor_velocity(
                 self.targets, w, *self.sources, self.B[layer], self.V[layer], self.h, self._vel, self._lse
@@ -185,15 +189,15 @@ class GridForward:
         for a in range(d):
             lo, hi = self.face_slices[a], self.face_slices[a + 1]
             u.append(self._vel[lo:hi, 3 - d + a].reshape(self.face_shapes[a]).copy())
-        return u, table
+        return u, table, layout
 
     def rhs(self, rho: np.ndarray, layer: int, layout=None) -> Stage:
         """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads (``layout``: see :meth:`face_velocity`)."""
-        u, table = self.face_velocity(rho, layer, layout)
+        u, table, layout = self._face_velocity(rho, layer, layout)
         drho = np.empty_like(rho)
         outflow = self.transport.rhs(rho, u, drho)
         rate = sum(float(np.abs(ua).max()) / dx for ua, dx in zip(u, self.grid.dx))
-        return Stage(drho, outflow, rate, u, table)
+        return Stage(drho, outflow, rate, u, table, layout)
 
     def step(
         self,
@@ -217,7 +221,7 @@ class GridForward:
         courant = 0.0
         for k, a in enumerate(self.coeffs):
             st = first if (k == 0 and first is not None) else self.rhs(u, layer, layout)
-            layout = st.layout(layout)
+            layout = st.layout
             if record is not None:
                 record.append((u, st.u, st.table))
             courant = max(courant, dt * st.rate)
