@@ -72,7 +72,8 @@ tol; the evaluation alone is 55-170x faster. The per-pair interpolation
 ((q+1)^d d multiply-adds, ~20 ns a pair here at q = 7 in 2-D) bounds the
 speed-up; the build and check take about as long again. 3-D 64^3 with 8
 heads: 80-180x for tol 1e-4 .. 1e-6 on the Gaussian. The VJP costs about
-1.4 forward calls (3.4 evaluations).
+2 forward calls (2-D 128^2, 8 heads, tol 1e-10: 56 ms against 27 ms per
+call, build and check included; its kernel alone is ~8 interpolation passes).
 """
 
 from __future__ import annotations

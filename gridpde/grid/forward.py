@@ -163,16 +163,14 @@ class GridForward:
         self.max_steps = max_steps
         self.stats = AttentionStats()
 
-    def face_velocity(self, rho: np.ndarray, layer: int, layout=None):
-        """(normal velocity u_a at the faces of each axis a for density ``rho``, the table or None).
-
-        ``layout``: an earlier stage's table layout on this layer, to start the table from.
-        """
-        u, table, _ = self._face_velocity(rho, layer, layout)
+    def face_velocity(self, rho: np.ndarray, layer: int):
+        """(normal velocity u_a at the faces of each axis a for density ``rho``, the table or None)."""
+        u, table, _ = self._face_velocity(rho, layer)
         return u, table
 
     def _face_velocity(self, rho: np.ndarray, layer: int, layout=None):
-        """:meth:`face_velocity` and the layout for the next stage."""
+        """:meth:`face_velocity` started from ``layout`` (an earlier stage's table on this layer),
+        and the layout for the next stage."""
         d = self.grid.dim
         w = (rho * self.grid.cell_volume).reshape(self.grid.padded_shape)
         table = None
@@ -192,7 +190,7 @@ class GridForward:
         return u, table, layout
 
     def rhs(self, rho: np.ndarray, layer: int, layout=None) -> Stage:
-        """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads (``layout``: see :meth:`face_velocity`)."""
+        """drho/ds = -div(rho v_s[rho]) with layer ``layer``'s heads (``layout``: see :meth:`_face_velocity`)."""
         u, table, layout = self._face_velocity(rho, layer, layout)
         drho = np.empty_like(rho)
         outflow = self.transport.rhs(rho, u, drho)
