@@ -68,7 +68,7 @@ Measured here (2 shared cores, scripts/bench_table.py, faces of a 2-D 256^2
 grid, 16 heads, O(1) scores; exact kernel ~3 us per pair; 2026-12-03, one
 thread): the whole call is 92-196x faster than the exact kernel on a
 Gaussian and 68-168x on two well-separated bumps for tol 1e-4 .. 1e-12,
-with true errors 8-50x below tol; the evaluation alone is 89-249x faster. The per-pair interpolation
+with true errors 8-400x below tol; the evaluation alone is 89-249x faster. The per-pair interpolation
 ((q+1)^d d multiply-adds, ~20 ns a pair here at q = 7 in 2-D) bounds the
 speed-up; the build and check take about as long again. 3-D 64^3 with 8
 heads: 135-338x for tol 1e-6 .. 1e-4 on the Gaussian (two bumps: too large). The VJP costs about
