@@ -64,15 +64,15 @@ d e_k / d y_k = z e_k in the transposed node sums (the factors are
 recomputed there, not kept). A node whose factorised sum underflows makes
 the call use the direct kernel.
 
-Measured here (2 shared cores, scripts/bench_table.py, faces of a 2-D 256^2
-grid, 16 heads, O(1) scores; exact kernel ~3 us per pair; 2026-12-03, one
-thread): the whole call is 92-196x faster than the exact kernel on a
-Gaussian and 68-168x on two well-separated bumps for tol 1e-4 .. 1e-12,
-with true errors 8-400x below tol; the evaluation alone is 89-249x faster. The per-pair interpolation
-((q+1)^d d multiply-adds, ~20 ns a pair here at q = 7 in 2-D) bounds the
-speed-up; the build and check take about as long again. 3-D 64^3 with 8
-heads: 135-338x for tol 1e-6 .. 1e-4 on the Gaussian (two bumps: too large). The VJP costs about
-2 forward calls (2-D 128^2, 8 heads, tol 1e-10: 56 ms against 27 ms per
+Measured here (one thread, 2026-12-03, scripts/bench_table.py, faces of a
+2-D 256^2 grid, 16 heads, O(1) scores; exact kernel ~3 us per pair): the
+whole call is 92-196x faster than the exact kernel on a Gaussian and
+68-168x on two well-separated bumps for tol 1e-4 .. 1e-12, with true errors
+8-400x below tol; the evaluation alone is 89-249x faster. The per-pair
+interpolation ((q+1)^d d multiply-adds, ~20 ns a pair here at q = 7 in 2-D)
+bounds the speed-up; the build and check take about as long again. 3-D
+64^3 with 8 heads: 135-338x for tol 1e-6 .. 1e-4 on the Gaussian (two
+bumps: too large). The VJP costs about 2 forward calls (2-D 128^2, 8 heads, tol 1e-10: 56 ms against 27 ms per
 call, build and check included; its kernel alone is ~8 interpolation passes).
 """
 
@@ -1106,8 +1106,9 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
     same z-box (the stages of one layer: same targets, same heads), the
     table on its panels replaces the coarse table and is the first refinement
     step; if that call fell back to exact sums, this one takes them at once
-    (in 3-D a failed build can cost several exact evaluations). The result is then a function of (the arguments, ``layout``), so a
-    recomputed stage given the same layout is the same bit for bit.
+    (in 3-D a failed build can cost several exact evaluations). The result
+    is then a function of (the arguments, ``layout``), so a recomputed stage
+    given the same layout is the same bit for bit.
 
     Args:
         targets, w, y0, y1, y2, B, V, h: as for :func:`~gridpde.attention.tensor.tensor_velocity`.
@@ -1126,8 +1127,9 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
         check pairs), ``tol``, ``degree``, ``panels`` and ``nodes`` (per active
         axis), ``table_nodes``, ``fallback_nodes`` (nodes by the direct sum),
         ``rounds``, ``checked`` (pairs checked), ``reason``, ``warm`` (started from
-        ``layout``), ``layout`` (to pass to the next call on the box) and ``table`` (the :class:`Table`, None for the exact kernel;
-        pass it to :func:`evaluate_vjp`).
+        ``layout``), ``layout`` (to pass to the next call on the box) and
+        ``table`` (the :class:`Table`, None for the exact kernel; pass it to
+        :func:`evaluate_vjp`).
     """
     ys = tuple(np.ascontiguousarray(y, dtype=float) for y in (y0, y1, y2))
     h = np.ascontiguousarray(h, dtype=float)
