@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import types
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ from gridpde.spec import TrainSpec
 from gridpde.cli import main
 from gridpde.heads import Heads, conditional_wasserstein
 from gridpde.objective.problem import Problem, RiskResult
+from gridpde.grid.forward import StepLimit
 from gridpde.train.flow import TrainRecord, TrainState, train
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -217,6 +219,50 @@ def test_a_refined_schedule_restarts_the_step_on_the_new_risk(scheme):
     assert sum(rec.evaluations) == problem.calls - 1  # all but the initial evaluation
     for d in (10, 20):  # monotone on each risk function
         assert np.all(np.diff([r for r, k in zip(rec.risk, rec.depth_steps) if k == d]) <= 0)
+
+
+class _Overshooting:
+    """R = |theta|^2 / 2 on a depth-step schedule; evaluation ``wild`` is an overshooting trial: a risk 100 higher,
+    needing ``need`` depth steps (refining the schedule for good unless the cap refuses it, like the grid)."""
+
+    def __init__(self, wild: int, need: int):
+        self.wild, self.need, self.calls, self.version = wild, need, 0, 0
+        self.schedules = [[2, 2]]
+        self.method = types.SimpleNamespace(step_cap=None)
+
+    @property
+    def depth_steps(self):
+        return sum(map(sum, self.schedules))
+
+    def use_schedules(self, schedules):
+        if schedules != self.schedules:
+            self.schedules, self.version = [list(s) for s in schedules], self.version + 1
+
+    def risk_and_grad(self, heads):
+        self.calls += 1
+        x, rise = heads.flat(), 0.0
+        if self.calls == self.wild:
+            if self.method.step_cap is not None and self.need > self.method.step_cap:
+                raise StepLimit(f"{self.need} depth steps > cap {self.method.step_cap}")
+            self.use_schedules([[self.need, 2]])
+            rise = 100.0
+        r = 0.5 * np.sum(x**2) + rise
+        return RiskResult(r, np.array([r]), heads.with_flat(x))
+
+
+@pytest.mark.parametrize("need", [6, 200])
+def test_an_overshooting_inner_trial_leaves_the_schedule_as_it_was(need):
+    """The implicit step's rejected trials do not refine the schedule for good: one within the cap
+    (SCHEDULE_GROWTH x 2 = 8 steps) is undone, one beyond it fails before it refines; no step is retaken."""
+    heads = Heads.random(1, 2, 1, 1, 1.0, 3)
+    problem = _Overshooting(wild=3, need=need)  # 1: initial, 2: the probe, 3: the first inner trial
+    rec = TrainRecord()
+    state = train(problem, TrainSpec(steps=2, lr=1e3, scheme="implicit", inner_steps=3),
+                  TrainState(0, heads), heads, rec)
+    assert state.step == 2
+    assert problem.schedules == [[2, 2]] and rec.depth_steps == [4, 4], (problem.schedules, rec.depth_steps)
+    assert sum(rec.evaluations) == problem.calls - 1  # nothing retaken: every evaluation is in a step
+    assert np.all(np.diff(rec.risk) < 0)
 
 
 def test_implicit_steps_report_their_inner_iterates(tmp_path):

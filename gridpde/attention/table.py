@@ -177,18 +177,22 @@ def _cheb(t, T):
 
 @inline
 def _cheb_d(t, scale, T, D):
-    """T[i] = T_i(t) and D[i] = scale * T_i'(t)."""
+    """T[i] = T_i(t) and D[i] = scale * T_i'(t) = scale * i * U_{i-1}(t) (two independent recurrences)."""
     n = T.shape[0]
     T[0] = 1.0
     D[0] = 0.0
     if n > 1:
         T[1] = t
-        D[1] = 1.0
+        D[1] = scale
+        tt = t + t
+        u2 = 1.0
+        u1 = tt
         for i in range(2, n):
-            T[i] = 2.0 * t * T[i - 1] - T[i - 2]
-            D[i] = 2.0 * T[i - 1] + 2.0 * t * D[i - 1] - D[i - 2]
-    for i in range(n):
-        D[i] *= scale
+            T[i] = tt * T[i - 1] - T[i - 2]
+            D[i] = (scale * i) * u1
+            u = tt * u1 - u2
+            u2 = u1
+            u1 = u
 
 
 #: panel coordinates beyond +-(1 + CLAMP) are clamped (outside the table's box); below, round-off at edges
@@ -204,6 +208,115 @@ def _local(u, cen, rh, k):
     if t < -1.0 - CLAMP:
         return -1.0, 0.0
     return t, rh[k]
+
+
+@inline
+def _interp(nc, n0, n1, n2, T0, T1, T2, blk):
+    """(F~_0, F~_1, F~_2) = sum_i W_i blk[c, i], W = T0 x T1 x T2 (components past nc are 0).
+
+    Row by row (a row: fixed i0, i1), with the components in one pass over
+    the row: no weight array. The nc tabulated components are the last
+    nc of the three axes, so the loop is written out per nc.
+    """
+    f0 = 0.0
+    f1 = 0.0
+    f2 = 0.0
+    for i0 in range(n0):
+        for i1 in range(n1):
+            a = T0[i0] * T1[i1]
+            r = (i0 * n1 + i1) * n2
+            h0 = 0.0
+            h1 = 0.0
+            h2 = 0.0
+            if nc == 1:
+                for i2 in range(n2):
+                    h0 += T2[i2] * blk[0, r + i2]
+            elif nc == 2:
+                for i2 in range(n2):
+                    h0 += T2[i2] * blk[0, r + i2]
+                    h1 += T2[i2] * blk[1, r + i2]
+            else:
+                for i2 in range(n2):
+                    h0 += T2[i2] * blk[0, r + i2]
+                    h1 += T2[i2] * blk[1, r + i2]
+                    h2 += T2[i2] * blk[2, r + i2]
+            f0 += a * h0
+            f1 += a * h1
+            f2 += a * h2
+    return f0, f1, f2
+
+
+@inline
+def _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc):
+    """W = T0 x T1 x T2 and its derivatives W_k along the table axes k >= 3 - nc (flat, C order)."""
+    for i0 in range(n0):
+        for i1 in range(n1):
+            a = T0[i0] * T1[i1]
+            a0 = D0[i0] * T1[i1]
+            a1 = T0[i0] * D1[i1]
+            r = (i0 * n1 + i1) * n2  # not a running index: that keeps the loop from vectorising
+            for i2 in range(n2):
+                W[r + i2] = a * T2[i2]
+                W2[r + i2] = a * D2[i2]
+            if nc > 1:
+                for i2 in range(n2):
+                    W1[r + i2] = a1 * T2[i2]
+            if nc > 2:
+                for i2 in range(n2):
+                    W0[r + i2] = a0 * T2[i2]
+
+
+@inline
+def _interp_vjp(nc, W, W0, W1, W2, blk, cbl, cb0, cb1, cb2):
+    """One pair of :func:`_table_backward` in one pass: cbl[c] += cb_c W, and (F~_c, g_k) for c, k < 3.
+
+    F~_c = W·blk[c]; g_k = W_k·G with G = sum_c cb_c blk[c] (the derivative of
+    cb·F~ along table axis k; 0 on padding axes). The nc tabulated components
+    are the last nc of the three axes, so the loop is written out per nc
+    (a loop over c inside would not vectorise; one over c outside repeats the pass).
+    """
+    f0 = 0.0
+    f1 = 0.0
+    f2 = 0.0
+    g0 = 0.0
+    g1 = 0.0
+    g2 = 0.0
+    if nc == 1:
+        for i in range(W.shape[0]):
+            w = W[i]
+            b0 = blk[0, i]
+            f0 += w * b0
+            cbl[0, i] += cb0 * w
+            g2 += W2[i] * (cb0 * b0)
+    elif nc == 2:
+        for i in range(W.shape[0]):
+            w = W[i]
+            b0 = blk[0, i]
+            b1 = blk[1, i]
+            f0 += w * b0
+            f1 += w * b1
+            cbl[0, i] += cb0 * w
+            cbl[1, i] += cb1 * w
+            g = cb0 * b0 + cb1 * b1
+            g1 += W1[i] * g
+            g2 += W2[i] * g
+    else:
+        for i in range(W.shape[0]):
+            w = W[i]
+            b0 = blk[0, i]
+            b1 = blk[1, i]
+            b2 = blk[2, i]
+            f0 += w * b0
+            f1 += w * b1
+            f2 += w * b2
+            cbl[0, i] += cb0 * w
+            cbl[1, i] += cb1 * w
+            cbl[2, i] += cb2 * w
+            g = cb0 * b0 + cb1 * b1 + cb2 * b2
+            g0 += W0[i] * g
+            g1 += W1[i] * g
+            g2 += W2[i] * g
+    return f0, f1, f2, g0, g1, g2
 
 
 @kernel(parallel=True)
@@ -226,7 +339,6 @@ def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen
     T = targets.shape[0]
     M = Bc.shape[0]
     nc = coef.shape[1]
-    L = coef.shape[2]
     P1 = cen1.shape[0]
     P2 = cen2.shape[0]
     nchunks = (T + CHUNK - 1) // CHUNK
@@ -234,7 +346,6 @@ def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen
         T0 = np.ones(n0)
         T1 = np.ones(n1)
         T2 = np.ones(n2)
-        W = np.empty(L)
         for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
             x0 = targets[t, 0]
             x1 = targets[t, 1]
@@ -259,18 +370,9 @@ def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen
                 k2 = _locate(u2, lo[2], binv[2], bins2)
                 s2, _ = _local(u2, cen2, rh2, k2)
                 _cheb(s2, T2)
-                i = 0
-                for i0 in range(n0):
-                    for i1 in range(n1):
-                        a = T0[i0] * T1[i1]
-                        for i2 in range(n2):
-                            W[i] = a * T2[i2]
-                            i += 1
-                blk = coef[(k0 * P1 + k1) * P2 + k2]
+                f0, f1, f2 = _interp(nc, n0, n1, n2, T0, T1, T2, coef[(k0 * P1 + k1) * P2 + k2])
                 for c in range(nc):
-                    f = 0.0
-                    for i in range(L):
-                        f += W[i] * blk[c, i]
+                    f = f0 if c == 0 else (f1 if c == 1 else f2)
                     v0 += Vc[j, 0, c] * f
                     v1 += Vc[j, 1, c] * f
                     v2 += Vc[j, 2, c] * f
@@ -301,7 +403,6 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
     T = targets.shape[0]
     M = Bc.shape[0]
     nc = coef.shape[1]
-    L = coef.shape[2]
     P1 = cen1.shape[0]
     P2 = cen2.shape[0]
     nparts = cbar.shape[0]
@@ -313,11 +414,10 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
         D0 = np.zeros(n0)
         D1 = np.zeros(n1)
         D2 = np.zeros(n2)
-        W = np.empty(L)
-        W0 = np.empty(L)
-        W1 = np.empty(L)
-        W2 = np.empty(L)
-        G = np.empty(L)
+        W = np.empty(n0 * n1 * n2)
+        W0 = np.empty(n0 * n1 * n2)
+        W1 = np.empty(n0 * n1 * n2)
+        W2 = np.empty(n0 * n1 * n2)
         for ch in range(part, nchunks, nparts):
             for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
                 ub0 = ubar[t, 0]
@@ -345,40 +445,17 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
                     k2 = _locate(u2, lo[2], binv[2], bins2)
                     s2, r2 = _local(u2, cen2, rh2, k2)
                     _cheb_d(s2, r2, T2, D2)
-                    i = 0
-                    for i0 in range(n0):
-                        for i1 in range(n1):
-                            a = T0[i0] * T1[i1]
-                            a0 = D0[i0] * T1[i1]
-                            a1 = T0[i0] * D1[i1]
-                            for i2 in range(n2):
-                                W[i] = a * T2[i2]
-                                W0[i] = a0 * T2[i2]
-                                W1[i] = a1 * T2[i2]
-                                W2[i] = a * D2[i2]
-                                i += 1
+                    cb0 = Vc[j, 0, 0] * ub0 + Vc[j, 1, 0] * ub1 + Vc[j, 2, 0] * ub2
+                    cb1 = Vc[j, 0, 1] * ub0 + Vc[j, 1, 1] * ub1 + Vc[j, 2, 1] * ub2 if nc > 1 else 0.0
+                    cb2 = Vc[j, 0, 2] * ub0 + Vc[j, 1, 2] * ub1 + Vc[j, 2, 2] * ub2 if nc > 2 else 0.0
                     idx = (k0 * P1 + k1) * P2 + k2
-                    blk = coef[idx]
-                    cbl = cbar[part, idx]
-                    for i in range(L):
-                        G[i] = 0.0
+                    _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc)
+                    f0, f1, f2, g0, g1, g2 = _interp_vjp(nc, W, W0, W1, W2, coef[idx], cbar[part, idx], cb0, cb1, cb2)
                     for c in range(nc):
-                        cb = Vc[j, 0, c] * ub0 + Vc[j, 1, c] * ub1 + Vc[j, 2, c] * ub2
-                        f = 0.0
-                        for i in range(L):
-                            f += W[i] * blk[c, i]
-                            G[i] += cb * blk[c, i]
-                            cbl[c, i] += cb * W[i]
+                        f = f0 if c == 0 else (f1 if c == 1 else f2)
                         Fsum[part, j, 0, c] += ub0 * f
                         Fsum[part, j, 1, c] += ub1 * f
                         Fsum[part, j, 2, c] += ub2 * f
-                    g0 = 0.0
-                    g1 = 0.0
-                    g2 = 0.0
-                    for i in range(L):
-                        g0 += W0[i] * G[i]
-                        g1 += W1[i] * G[i]
-                        g2 += W2[i] * G[i]
                     Bb = Bcbar[part, j]
                     Bb[0, 0] += g0 * x0
                     Bb[0, 1] += g0 * x1

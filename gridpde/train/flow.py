@@ -191,22 +191,19 @@ class _Refined(Exception):
         self.evaluations = evaluations
 
 
-def _evaluate(problem: Problem, like: Heads, x: np.ndarray, version: int, evaluations: int) -> RiskResult:
-    """R and its gradient at the heads ``like.with_flat(x)``; _Refined if the schedule is no longer ``version``.
-
-    Raises RunError (a failed trial) if x is not finite.
-    """
+def _trial(problem: Problem, like: Heads, x: np.ndarray) -> RiskResult:
+    """R and its gradient at the trial heads ``like.with_flat(x)``, the depth steps capped (see
+    :func:`_trial_cap`). Raises RunError (a failed trial) if x is not finite or needs more steps."""
     if not np.all(np.isfinite(x)):
         raise RunError("the trial heads are not finite")
-    res = problem.risk_and_grad(like.with_flat(x))
-    if problem.version != version:
-        raise _Refined(evaluations)
-    return res
+    with _trial_cap(problem, True):
+        return problem.risk_and_grad(like.with_flat(x))
 
 
-#: an explicit trial may take at most this many times the largest depth-step count of the schedule per layer
-#: interval; one that needs more has overshot: it fails (StepLimit) and is halved, instead of refining the
-#: schedule for good (every later evaluation would pay for one bad trial: seen growing 3 -> 1024 steps in 4)
+#: a trial (explicit, or an inner iterate of an implicit step) may take at most this many times the largest
+#: depth-step count of the schedule per layer interval; one that needs more has overshot: it fails (StepLimit)
+#: and is halved, instead of refining the schedule for good (every later evaluation would pay for one bad
+#: trial: seen growing 3 -> 1024 steps in 4 explicit steps, and 0.3 -> 8.7 s per evaluation in one implicit one)
 SCHEDULE_GROWTH = 4
 
 
@@ -278,7 +275,11 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     gradient). The objective phi starts at R(theta); an inner iterate is
     accepted only if it lowers phi by the Armijo fraction of the predicted decrease
     (halving the step otherwise; a failed evaluation counts as a rise), so
-    the returned heads never have a larger risk. The inner loop stops when
+    the returned heads never have a larger risk. Trials are capped at
+    ``SCHEDULE_GROWTH`` times the schedule's depth steps (a trial that needs
+    more is a rise); one that refined the schedule and is not taken leaves
+    it as it was, one that is taken has the step retaken on the refined
+    schedule (_Refined). The inner loop stops when
     |grad phi| <= ``inner_tol`` |grad R(theta)|, after ``inner_steps``
     iterations, when no halved step lowers phi, or when a quasi-Newton step
     had to be halved more than ``NOISE_HALVINGS`` times (phi is resolved to
@@ -298,6 +299,16 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     evaluations = 0
     version = problem.version
 
+    before = problem.schedules
+
+    def restore(version: int) -> int:
+        # a trial that is not taken leaves the schedule as it found it (it may have refined it for positivity)
+        if problem.version != version:
+            if before is None:
+                raise _Refined(evaluations)
+            problem.use_schedules(before)
+        return problem.version
+
     def remember(s: np.ndarray, y: np.ndarray) -> None:
         nonlocal pairs
         if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
@@ -308,10 +319,12 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
     if np.all(np.isfinite(probe)):
         evaluations += 1
         try:
-            near = _evaluate(problem, state.heads, x0 + probe, version, evaluations)
-            remember(probe, near.grad.flat() + c * probe - g)
+            near = _trial(problem, state.heads, x0 + probe)
+            if problem.version == version:
+                remember(probe, near.grad.flat() + c * probe - g)
         except RunError:
             pass
+        version = restore(version)
     for _ in range(spec.inner_steps):
         if np.linalg.norm(g) <= target:
             break
@@ -328,17 +341,20 @@ def _implicit_step(problem: Problem, spec: TrainSpec, state: TrainState, res: Ri
             xt = x + alpha * d
             evaluations += 1
             try:
-                new = _evaluate(problem, state.heads, xt, version, evaluations)
+                new = _trial(problem, state.heads, xt)
                 finite = np.isfinite(new.risk) and np.all(np.isfinite(new.grad.flat()))
-            except RunError:  # e.g. mass leaving the box: a rise
+            except RunError:  # e.g. mass leaving the box, or too many depth steps: a rise
                 new, finite = None, True
             except NumericalError as exc:  # the trial overflowed: a rise, unless even the smallest trial does
                 new, finite, overflow = None, False, exc
             if new is not None and finite:
                 phi_t = new.risk + 0.5 * c * np.sum((xt - x0) ** 2)
                 if phi_t <= phi + ARMIJO * alpha * slope:
+                    if problem.version != version:  # taken, on a refined schedule: retake the step on it
+                        raise _Refined(evaluations)
                     accepted = new
                     break
+            version = restore(version)
             alpha *= 0.5
         if accepted is None:
             if not finite:  # even the smallest trial step gives NaN: not a matter of step size
