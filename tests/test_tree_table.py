@@ -129,3 +129,40 @@ def test_strong_tilts_fall_back_to_exact_sums_and_say_why():
     info = tr.tree_velocity(targets, w, *ys, B, V, h, out, tol=1e-8)
     assert info["method"] == "exact" and "deeper than" in info["reason"]
     assert _rel(out, _exact(targets, w, ys, B, V, h)) == 0.0
+
+
+@pytest.mark.parametrize("dim,forced", [(2, False), (3, False), (2, True)], ids=["2d", "3d", "2d-underflow"])
+def test_the_vjp_is_the_transpose_of_the_frozen_forward(dim, forced, build, monkeypatch):
+    """<ubar, J delta> by central differences of the tree on its frozen leaves (w through refit_tree, B and V
+    through evaluate_tree) equals <VJP(ubar), delta>, in w, B and V, serial and parallel; with the
+    underflow threshold forced up, through the exact kernel's VJP at those nodes as well."""
+    if forced:
+        monkeypatch.setattr(tr, "UNDERFLOW", 1e-3)
+    n, bscale = (10, 0.15) if dim == 3 else (24, 0.3)
+    targets, w, ys, B, V, h = _faces_problem(dim, n, 3, "bumps", bscale=bscale)
+    out = np.empty((len(targets), 3))
+    info = tr.tree_velocity(targets, w, *ys, B, V, h, out, tol=1e-6)
+    tree = info["tree"]
+    assert info["method"] == "tree" and tree.leaves > 1
+    assert (tree.fallback_nodes > 0) == forced
+    rng = np.random.default_rng(3)
+    live = list(range(3 - dim, 3))
+    ubar = np.zeros_like(out)
+    ubar[:, live] = rng.normal(size=(len(targets), dim))
+    wbar, Bbar, Vbar = tr.evaluate_tree_vjp(tree, targets, B, V, ubar)
+
+    def f(wv, Bv, Vv):
+        t = tree if wv is w else tr.refit_tree(tree, wv)
+        return np.sum(ubar * tr.evaluate_tree(t, targets, Bv, Vv, np.empty_like(out)))
+
+    dw = rng.normal(size=w.shape) * w  # relative perturbations keep the masses positive
+    dB = np.zeros_like(B)
+    dV = np.zeros_like(V)
+    ix = np.ix_(range(3), live, live)
+    dB[ix] = rng.normal(size=(3, dim, dim))
+    dV[ix] = rng.normal(size=(3, dim, dim))
+    for delta, bar, args in ((dw, wbar, lambda e: (w + e * dw, B, V)), (dB, Bbar, lambda e: (w, B + e * dB, V)),
+                             (dV, Vbar, lambda e: (w, B, V + e * dV))):  # fmt: skip
+        eps = 1e-6
+        fd = (f(*args(eps)) - f(*args(-eps))) / (2 * eps)
+        assert abs(fd - np.sum(bar * delta)) <= 1e-6 * (abs(fd) + 1e-12), (fd, np.sum(bar * delta))

@@ -381,6 +381,44 @@ def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen
             out[t, 2] = v2
 
 
+@inline
+def _pair_cotangents(t, j, part, targets, ubar, Bc, Vc, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, blk, cbl, Fsum,
+                     Bcbar, xbar):  # fmt: skip
+    """Target t and head j of a backward kernel, the Chebyshev values T and derivatives D at z already taken:
+    cbl += cb_c W (the panel's coefficient cotangents), Fsum[part, j] += ubar_t F~^T, and the z-derivative
+    g to Bcbar[part, j] (g x_t^T) and xbar[t] (Bc_j^T g)."""
+    nc = blk.shape[0]
+    n0, n1, n2 = T0.shape[0], T1.shape[0], T2.shape[0]
+    ub0 = ubar[t, 0]
+    ub1 = ubar[t, 1]
+    ub2 = ubar[t, 2]
+    x0 = targets[t, 0]
+    x1 = targets[t, 1]
+    x2 = targets[t, 2]
+    cb0 = Vc[j, 0, 0] * ub0 + Vc[j, 1, 0] * ub1 + Vc[j, 2, 0] * ub2
+    cb1 = Vc[j, 0, 1] * ub0 + Vc[j, 1, 1] * ub1 + Vc[j, 2, 1] * ub2 if nc > 1 else 0.0
+    cb2 = Vc[j, 0, 2] * ub0 + Vc[j, 1, 2] * ub1 + Vc[j, 2, 2] * ub2 if nc > 2 else 0.0
+    _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc)
+    f0, f1, f2, g0, g1, g2 = _interp_vjp(nc, W, W0, W1, W2, blk, cbl, cb0, cb1, cb2)
+    for c in range(nc):
+        f = f0 if c == 0 else (f1 if c == 1 else f2)
+        Fsum[part, j, 0, c] += ub0 * f
+        Fsum[part, j, 1, c] += ub1 * f
+        Fsum[part, j, 2, c] += ub2 * f
+    Bb = Bcbar[part, j]
+    Bb[0, 0] += g0 * x0
+    Bb[0, 1] += g0 * x1
+    Bb[0, 2] += g0 * x2
+    Bb[1, 0] += g1 * x0
+    Bb[1, 1] += g1 * x1
+    Bb[1, 2] += g1 * x2
+    Bb[2, 0] += g2 * x0
+    Bb[2, 1] += g2 * x1
+    Bb[2, 2] += g2 * x2
+    for b in range(3):
+        xbar[t, b] += g0 * Bc[j, 0, b] + g1 * Bc[j, 1, b] + g2 * Bc[j, 2, b]
+
+
 @kernel(parallel=True)
 def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh1, bins2, cen2, rh2,
                     n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum, xbar):  # fmt: skip
@@ -402,7 +440,6 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
     """
     T = targets.shape[0]
     M = Bc.shape[0]
-    nc = coef.shape[1]
     P1 = cen1.shape[0]
     P2 = cen2.shape[0]
     nparts = cbar.shape[0]
@@ -445,29 +482,9 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
                     k2 = _locate(u2, lo[2], binv[2], bins2)
                     s2, r2 = _local(u2, cen2, rh2, k2)
                     _cheb_d(s2, r2, T2, D2)
-                    cb0 = Vc[j, 0, 0] * ub0 + Vc[j, 1, 0] * ub1 + Vc[j, 2, 0] * ub2
-                    cb1 = Vc[j, 0, 1] * ub0 + Vc[j, 1, 1] * ub1 + Vc[j, 2, 1] * ub2 if nc > 1 else 0.0
-                    cb2 = Vc[j, 0, 2] * ub0 + Vc[j, 1, 2] * ub1 + Vc[j, 2, 2] * ub2 if nc > 2 else 0.0
                     idx = (k0 * P1 + k1) * P2 + k2
-                    _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc)
-                    f0, f1, f2, g0, g1, g2 = _interp_vjp(nc, W, W0, W1, W2, coef[idx], cbar[part, idx], cb0, cb1, cb2)
-                    for c in range(nc):
-                        f = f0 if c == 0 else (f1 if c == 1 else f2)
-                        Fsum[part, j, 0, c] += ub0 * f
-                        Fsum[part, j, 1, c] += ub1 * f
-                        Fsum[part, j, 2, c] += ub2 * f
-                    Bb = Bcbar[part, j]
-                    Bb[0, 0] += g0 * x0
-                    Bb[0, 1] += g0 * x1
-                    Bb[0, 2] += g0 * x2
-                    Bb[1, 0] += g1 * x0
-                    Bb[1, 1] += g1 * x1
-                    Bb[1, 2] += g1 * x2
-                    Bb[2, 0] += g2 * x0
-                    Bb[2, 1] += g2 * x1
-                    Bb[2, 2] += g2 * x2
-                    for b in range(3):
-                        xbar[t, b] += g0 * Bc[j, 0, b] + g1 * Bc[j, 1, b] + g2 * Bc[j, 2, b]
+                    _pair_cotangents(t, j, part, targets, ubar, Bc, Vc, T0, T1, T2, D0, D1, D2, W, W0, W1, W2,
+                                     coef[idx], cbar[part, idx], Fsum, Bcbar, xbar)  # fmt: skip
 
 
 @kernel(parallel=True)

@@ -23,18 +23,20 @@ use by the grid solver (where the tensor table is too large) do not yet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import prange
 from scipy.ndimage import binary_dilation
 
-from gridpde._numba import kernel
-from gridpde.attention.table import (MAX_NODES, TableTooLarge, _cheb, _cheb_points, _coefficients, _dct_matrix,
-                                     _g, _interp, _spectral_norms, _stabilised_factors, _zrange, default_degree)
+from gridpde._numba import inline, kernel
+from gridpde.attention.table import (CLAMP, MAX_NODES, PARTS, TableTooLarge, _cheb, _cheb_d, _cheb_points,
+                                     _coefficients, _dct_matrix, _g, _interp, _pair_cotangents, _spectral_norms,
+                                     _stabilised_factors, _zrange, default_degree)
 from gridpde.attention.tensor import CHUNK, UNDERFLOW, tensor_velocity
+from gridpde.attention.tensor_vjp import tensor_velocity_vjp
 
-__all__ = ["TreeTable", "build_tree", "evaluate_tree", "tree_velocity"]
+__all__ = ["TreeTable", "build_tree", "evaluate_tree", "evaluate_tree_vjp", "refit_tree", "tree_velocity"]
 
 #: finest level per axis (2^level bins of the look-up grid along it)
 MAX_LEVEL = 10
@@ -44,6 +46,28 @@ MAX_BINS = 1 << 22
 OCCUPANCY_CELLS = 32
 #: leaves whose node sums are computed in one batch (bounds the batch's work arrays)
 BATCH = 256
+
+
+@inline
+def _leaf_local(u, cen, rh, leaf, k):
+    """Leaf coordinate t = (u - c) / r along table axis k, clamped to the leaf; (t, dt/du: 1/r, or 0 when clamped)."""
+    t = (u - cen[leaf, k]) * rh[leaf, k]
+    if t > 1.0 + CLAMP:
+        return 1.0, 0.0
+    if t < -1.0 - CLAMP:
+        return -1.0, 0.0
+    return t, rh[leaf, k]
+
+
+@inline
+def _leaf_of(targets, t, Bc, j, lo, binv, nb, grid, u):
+    """u = Bc_j x_t (written), and the leaf that holds it (by the look-up grid; clamped to the box)."""
+    b = 0
+    for k in range(3):
+        u[k] = Bc[j, k, 0] * targets[t, 0] + Bc[j, k, 1] * targets[t, 1] + Bc[j, k, 2] * targets[t, 2]
+        f = min(max((u[k] - lo[k]) * binv[k], 0.0), nb[k] - 1.0)
+        b = b * nb[k] + int(f)
+    return grid[b]
 
 
 @kernel(parallel=True)
@@ -69,27 +93,18 @@ def _tree_forward(targets, Bc, Vc, base, lo, binv, nb, grid, cen, rh, n0, n1, n2
         T0 = Ts[0, :n0]
         T1 = Ts[1, :n1]
         T2 = Ts[2, :n2]
-        s = np.zeros(3)
         u = np.zeros(3)
         for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
             v0 = base[0]
             v1 = base[1]
             v2 = base[2]
             for j in range(M):
-                b = 0
-                for k in range(3):
-                    u[k] = Bc[j, k, 0] * targets[t, 0] + Bc[j, k, 1] * targets[t, 1] + Bc[j, k, 2] * targets[t, 2]
-                    f = (u[k] - lo[k]) * binv[k]
-                    f = min(max(f, 0.0), nb[k] - 1.0)
-                    b = b * nb[k] + int(f)
-                leaf = grid[b]
-                for k in range(3):
-                    s[k] = min(max((u[k] - cen[leaf, k]) * rh[leaf, k], -1.0), 1.0)
+                leaf = _leaf_of(targets, t, Bc, j, lo, binv, nb, grid, u)
                 if n0 > 1:
-                    _cheb(s[0], T0)
+                    _cheb(_leaf_local(u[0], cen, rh, leaf, 0)[0], T0)
                 if n1 > 1:
-                    _cheb(s[1], T1)
-                _cheb(s[2], T2)
+                    _cheb(_leaf_local(u[1], cen, rh, leaf, 1)[0], T1)
+                _cheb(_leaf_local(u[2], cen, rh, leaf, 2)[0], T2)
                 f0, f1, f2 = _interp(nc, n0, n1, n2, T0, T1, T2, coef[leaf])
                 for c in range(nc):
                     f = f0 if c == 0 else (f1 if c == 1 else f2)
@@ -99,6 +114,44 @@ def _tree_forward(targets, Bc, Vc, base, lo, binv, nb, grid, cen, rh, n0, n1, n2
             out[t, 0] = v0
             out[t, 1] = v1
             out[t, 2] = v2
+
+
+@kernel(parallel=True)
+def _tree_backward(targets, Bc, Vc, lo, binv, nb, grid, cen, rh, n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum, xbar):
+    """Per-part cotangents of :func:`_tree_forward` (as :func:`gridpde.attention.table._table_backward`,
+    with the tree's look-up; cbar (parts, P, nc, L) per leaf)."""
+    T = targets.shape[0]
+    M = Bc.shape[0]
+    nparts = cbar.shape[0]
+    nchunks = (T + CHUNK - 1) // CHUNK
+    for part in prange(nparts):
+        T0 = np.ones(n0)
+        T1 = np.ones(n1)
+        T2 = np.ones(n2)
+        D0 = np.zeros(n0)
+        D1 = np.zeros(n1)
+        D2 = np.zeros(n2)
+        W = np.empty(n0 * n1 * n2)
+        W0 = np.empty(n0 * n1 * n2)
+        W1 = np.empty(n0 * n1 * n2)
+        W2 = np.empty(n0 * n1 * n2)
+        u = np.zeros(3)
+        for ch in range(part, nchunks, nparts):
+            for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
+                if ubar[t, 0] == 0.0 and ubar[t, 1] == 0.0 and ubar[t, 2] == 0.0:
+                    continue
+                for j in range(M):
+                    leaf = _leaf_of(targets, t, Bc, j, lo, binv, nb, grid, u)
+                    if n0 > 1:
+                        s0, r0 = _leaf_local(u[0], cen, rh, leaf, 0)
+                        _cheb_d(s0, r0, T0, D0)
+                    if n1 > 1:
+                        s1, r1 = _leaf_local(u[1], cen, rh, leaf, 1)
+                        _cheb_d(s1, r1, T1, D1)
+                    s2, r2 = _leaf_local(u[2], cen, rh, leaf, 2)
+                    _cheb_d(s2, r2, T2, D2)
+                    _pair_cotangents(t, j, part, targets, ubar, Bc, Vc, T0, T1, T2, D0, D1, D2, W, W0, W1, W2,
+                                     coef[leaf], cbar[part, leaf], Fsum, Bcbar, xbar)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,7 +172,10 @@ class TreeTable:
         level, index: (P, 3) halvings of the box per axis, and the leaf's place among the 2^level pieces.
         box: (lo, hi), each (3,).
         lookup: kernel arguments (lo, binv, nb, grid, cen, rh, n0, n1, n2).
-        nbad: (P,) per leaf the nodes whose sums underflowed (computed by the exact kernel).
+        w, ys: the sources (kept for the VJP).
+        S0, m, bad: per leaf the node values of the stabilised mass sums, of the tilted
+            means (..., d), and the mask of nodes by the exact kernel (underflow).
+        E, EY, tokens: empty, False (the attributes a tape counts, as for the tensor table).
     """
 
     axes: tuple
@@ -133,11 +189,18 @@ class TreeTable:
     index: np.ndarray
     box: tuple
     lookup: tuple
-    nbad: np.ndarray
+    w: np.ndarray
+    ys: tuple
+    S0: np.ndarray
+    m: np.ndarray
+    bad: np.ndarray
+    E: tuple = ()
+    EY: tuple = ()
+    tokens: bool = False
 
     @property
     def fallback_nodes(self):
-        return int(self.nbad.sum())
+        return int(self.bad.sum())
 
     @property
     def d(self):
@@ -158,86 +221,143 @@ def _leaf_boxes(level, index, zlo, zhi):
     return zlo[None, :] + (index + 0.5) * width, 0.5 * width
 
 
-def _leaf_values(w, ys, h, axes, cen, half, q):
-    """F at the (q + 1)^d nodes of each leaf: (P, p0, p1, p2, d), and per leaf the nodes by the exact kernel.
+class _Plan:
+    """The shared structure of the leaves' node sums (see :func:`_leaf_values`).
 
-    Per leaf, S[i, j, k] = sum_abc E0[i, a] E1[j, b] E2[k, c] w[a, b, c] with the
-    stabilised per-axis factors at the leaf's node coordinates (EY_a for S_a).
     Leaves share intervals: the contraction over the last source axis (the
-    costly one, O(N) per node) is done once per distinct interval along it,
-    the next once per distinct pair of intervals, the last per leaf.
+    costly one, O(N) per node) is done once per distinct interval along it
+    (``first2``, leaf -> ``u2``), the next once per distinct pair of intervals
+    (``first12``, leaf -> ``u12``), the last per leaf.
+    """
+
+    def __init__(self, axes, cen, half, q, ys, shape):
+        self.axes, self.cen, self.half, self.ys, self.shape = axes, cen, half, ys, shape
+        self.t = _cheb_points(q)
+        self.p = [q + 1 if a in axes else 1 for a in range(3)]
+        _, self.first2, u2 = np.unique(np.stack([cen[:, 2], half[:, 2]], 1), axis=0, return_index=True,
+                                       return_inverse=True)  # fmt: skip
+        self.u2 = u2.ravel()
+        key = np.stack([cen[:, 1], half[:, 1], self.u2.astype(float)], 1)
+        _, self.first12, u12 = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        self.u12 = u12.ravel()
+
+    def z(self, a, rows):
+        """Node coordinates (len(rows), p_a) of the leaves ``rows`` along axis a."""
+        if a not in self.axes:
+            return np.zeros((len(rows), 1))
+        return self.cen[rows, a, None] + self.half[rows, a, None] * self.t[None, :]
+
+    def factors(self, a, rows):
+        """(E, EY) (len(rows), p_a, n_a): stabilised factors exp(z y - max_y z y) at the leaves' nodes, and y E."""
+        E = _stabilised_factors(self.z(a, rows).ravel(), self.ys[a]).reshape(len(rows), self.p[a], self.shape[a])
+        return E, E * self.ys[a]
+
+
+def _leaf_sums(w, plan, rows):
+    """S0 and S_a (a active) at the nodes of the leaves ``rows``: (m, p0, p1, p2) each.
+
+    S[i, j, k] = sum_abc E0[i, a] E1[j, b] E2[k, c] w[a, b, c] per leaf (EY_a for S_a).
+    """
+    n, p, axes = plan.shape, plan.p, plan.axes
+    E2, EY2 = plan.factors(2, plan.first2)
+    E1, EY1 = plan.factors(1, plan.first12)
+    E0, EY0 = plan.factors(0, rows)
+    U2 = len(plan.first2)
+
+    def ax2(F2):  # per distinct interval 2: (U2, n0, n1, p2)
+        A = w.reshape(n[0] * n[1], n[2]) @ F2.reshape(U2 * p[2], n[2]).T
+        return np.ascontiguousarray(A.reshape(n[0], n[1], U2, p[2]).transpose(2, 0, 1, 3))
+
+    A = ax2(E2)[plan.u2[plan.first12]]
+    v = plan.u12[rows]
+    m = len(rows)
+
+    def ax0(F0, C):  # per leaf: (m, p0, p1, p2)
+        return np.matmul(F0, C[v].reshape(m, n[0], p[1] * p[2])).reshape(m, p[0], p[1], p[2])
+
+    C = np.matmul(E1[:, None], A)  # per distinct pair: (U12, n0, p1, p2)
+    S = {}
+    S0 = ax0(E0, C)
+    if 0 in axes:
+        S[0] = ax0(EY0, C)
+    if 1 in axes:
+        S[1] = ax0(E0, np.matmul(EY1[:, None], A))
+    if 2 in axes:
+        S[2] = ax0(E0, np.matmul(E1[:, None], ax2(EY2)[plan.u2[plan.first12]]))
+    return S0, S
+
+
+def _leaf_sums_transpose(plan, S0bar, Sbar):
+    """w_bar (n0, n1, n2): the transpose of :func:`_leaf_sums` over all leaves, at cotangents of S0 and S_a."""
+    n, p, axes = plan.shape, plan.p, plan.axes
+    P = S0bar.shape[0]
+    rows = np.arange(P)
+    E2, EY2 = plan.factors(2, plan.first2)
+    E1, EY1 = plan.factors(1, plan.first12)
+    E0, EY0 = plan.factors(0, rows)
+    U12, U2 = len(plan.first12), len(plan.first2)
+
+    def ax0t(F0, X):  # per leaf (P, n0, p1 p2), summed into its pair: (U12, n0, p1, p2)
+        Y = np.matmul(np.swapaxes(F0, 1, 2), X.reshape(P, p[0], p[1] * p[2]))
+        out = np.zeros((U12, n[0], p[1] * p[2]))
+        np.add.at(out, plan.u12, Y)
+        return out.reshape(U12, n[0], p[1], p[2])
+
+    X = ax0t(E0, S0bar)
+    if 0 in axes:
+        X += ax0t(EY0, Sbar[0])
+    Y = np.matmul(np.swapaxes(E1, 1, 2)[:, None], X)  # (U12, n0, n1, p2)
+    if 1 in axes:
+        Y += np.matmul(np.swapaxes(EY1, 1, 2)[:, None], ax0t(E0, Sbar[1]))
+    Abar = np.zeros((U2, n[0], n[1], p[2]))
+    np.add.at(Abar, plan.u2[plan.first12], Y)
+
+    def ax2t(F2, Ab):  # (n0, n1, n2)
+        return (Ab.transpose(1, 2, 0, 3).reshape(n[0] * n[1], U2 * p[2]) @ F2.reshape(U2 * p[2], n[2])).reshape(n)
+
+    wbar = ax2t(E2, Abar)
+    if 2 in axes:
+        Y2 = np.matmul(np.swapaxes(E1, 1, 2)[:, None], ax0t(E0, Sbar[2]))
+        A2bar = np.zeros((U2, n[0], n[1], p[2]))
+        np.add.at(A2bar, plan.u2[plan.first12], Y2)
+        wbar = wbar + ax2t(EY2, A2bar)
+    return wbar
+
+
+def _leaf_values(w, ys, h, axes, cen, half, q):
+    """Node values of the leaves: (F (P, p0, p1, p2, d), S0 (P, p0, p1, p2), m (P, ..., d), bad (P, p0, p1, p2)).
+
+    F = m - g with m = S_a / S0 the tilted mean; ``bad`` nodes (the factorised
+    mass underflows) have m from the exact kernel's direct branch.
     """
     d = len(axes)
+    plan = _Plan(axes, cen, half, q, ys, w.shape)
     P = cen.shape[0]
-    n = w.shape
-    t = _cheb_points(q)
-    p = [q + 1 if a in axes else 1 for a in range(3)]
-
-    def factors(a, rows):
-        z = (cen[rows, a, None] + half[rows, a, None] * t[None, :]) if a in axes else np.zeros((len(rows), 1))
-        E = _stabilised_factors(z.ravel(), ys[a]).reshape(len(rows), p[a], n[a])
-        return z, E, E * ys[a]
-
-    # the last axis, per distinct interval: A[u] = w x_2 E2(u), (U2, n0, n1, p2)
-    _, first2, u2 = np.unique(np.stack([cen[:, 2], half[:, 2]], 1), axis=0, return_index=True, return_inverse=True)
-    u2 = u2.ravel()
-    _, E2, EY2 = factors(2, first2)
-
-    def ax2(F2):
-        A = w.reshape(n[0] * n[1], n[2]) @ F2.reshape(-1, n[2]).T
-        return np.ascontiguousarray(A.reshape(n[0], n[1], len(first2), p[2]).transpose(2, 0, 1, 3))
-
-    A = ax2(E2)
-    A2 = ax2(EY2) if 2 in axes else None
-    # the middle axis, per distinct (interval 1, interval 2): C[v] = E1 x_1 A[u2], (U12, n0, p1, p2)
-    key = np.stack([cen[:, 1], half[:, 1], u2.astype(float)], 1)
-    _, first12, u12 = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    u12 = u12.ravel()
-    _, E1, EY1 = factors(1, first12)
-    Au = A[u2[first12]]
-    C = np.matmul(E1[:, None], Au)
-    C1 = np.matmul(EY1[:, None], Au) if 1 in axes else None
-    C2 = np.matmul(E1[:, None], A2[u2[first12]]) if A2 is not None else None
-    del Au
-    F = np.empty((P, p[0], p[1], p[2], d))
-    nbad = np.zeros(P, dtype=np.int64)
+    p = plan.p
+    S0 = np.empty((P, p[0], p[1], p[2]))
+    mv = np.empty((P, p[0], p[1], p[2], d))
     for s in range(0, P, BATCH):
         rows = np.arange(s, min(P, s + BATCH))
-        m = len(rows)
-        z0, E0, EY0 = factors(0, rows)
-        v = u12[rows]
-
-        def ax0(F0, X):
-            return np.matmul(F0, X[v].reshape(m, n[0], p[1] * p[2])).reshape(m, p[0], p[1], p[2])
-
-        S0 = ax0(E0, C)
-        S = {}
-        if 0 in axes:
-            S[0] = ax0(EY0, C)
-        if C1 is not None:
-            S[1] = ax0(E0, C1)
-        if C2 is not None:
-            S[2] = ax0(E0, C2)
-        z = [z0] + [(cen[rows, a, None] + half[rows, a, None] * t[None, :]) if a in axes else np.zeros((m, 1))
-                    for a in (1, 2)]  # fmt: skip
-        good = (S0 > UNDERFLOW) & (S0 < np.inf)
-        safe = np.where(good, S0, 1.0)
-        mv = np.stack([S[a] / safe for a in axes], axis=-1)
-        bad = ~good
-        if bad.any():  # the exact kernel's direct branch where the factorised mass underflows
-            idx = np.nonzero(bad)
-            Z = np.stack([z[a][idx[0], idx[1 + a]] for a in range(3)], axis=-1)
-            out = np.empty((len(Z), 3))
-            eye = np.eye(3)[None]
-            tensor_velocity(Z, w, *ys, eye, eye, np.zeros(3), out, np.empty((1, len(Z))))
-            mv[idx] = out[:, list(axes)]
-            nbad[rows] = bad.reshape(m, -1).sum(axis=1)
-        for c, a in enumerate(axes):
-            shape = [m, 1, 1, 1]
-            shape[1 + a] = p[a]
-            mv[..., c] -= _g(z[a].ravel(), h[a]).reshape(shape)
-        F[s:s + m] = mv
-    return F, nbad
+        S0[rows], S = _leaf_sums(w, plan, rows)
+        good = (S0[rows] > UNDERFLOW) & (S0[rows] < np.inf)
+        safe = np.where(good, S0[rows], 1.0)
+        mv[rows] = np.stack([S[a] / safe for a in axes], axis=-1)
+    bad = ~((S0 > UNDERFLOW) & (S0 < np.inf))
+    if bad.any():  # the exact kernel's direct branch where the factorised mass underflows
+        idx = np.nonzero(bad)
+        Z = np.stack([plan.z(a, idx[0])[np.arange(len(idx[0])), idx[1 + a] if a in axes else 0]
+                      for a in range(3)], axis=-1)  # fmt: skip
+        out = np.empty((len(Z), 3))
+        eye = np.eye(3)[None]
+        tensor_velocity(Z, w, *ys, eye, eye, np.zeros(3), out, np.empty((1, len(Z))))
+        mv[idx] = out[:, list(axes)]
+    F = mv.copy()
+    rows = np.arange(P)
+    for c, a in enumerate(axes):
+        shape = [P, 1, 1, 1]
+        shape[1 + a] = p[a]
+        F[..., c] -= _g(plan.z(a, rows).ravel(), h[a]).reshape(shape)
+    return F, S0, mv, bad
 
 
 def _leaf_tails(coef, q, d, p):
@@ -329,26 +449,26 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
     zlo = np.where([a in axes for a in range(3)], zlo, -1.0)
     zhi = np.where([a in axes for a in range(3)], zhi, 1.0)
     D = _dct_matrix(q)
+    vals = ("coef", "tails", "S0", "m", "bad")  # per leaf, of the first len(have["coef"]) leaves; the rest are new
     if first is not None:
-        level, index, coef, nbad = first.level, first.index, first.coef, first.nbad
+        level, index = first.level, first.index
+        have = dict(coef=first.coef, tails=_leaf_tails(first.coef, q, d, p), S0=first.S0, m=first.m, bad=first.bad)
     else:  # 2^start leaves per active axis
         k = [np.arange(2**start) if a in axes else np.zeros(1, np.int64) for a in range(3)]
         index = np.stack(np.meshgrid(*k, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int64)
         level = np.where([a in axes for a in range(3)], start, 0)[None, :].repeat(len(index), axis=0)
-        coef = np.empty((0, d, p[0] * p[1] * p[2]))  # of the first len(coef) leaves; the rest are new
-        nbad = np.zeros(0, dtype=np.int64)
-    tails = _leaf_tails(coef, q, d, p)
+        have = None
     while True:
         if len(index) * int(np.prod(p)) > max_nodes:
             raise TableTooLarge(f"tree table over {max_nodes} nodes for atol={atol:.3g}")
-        if len(coef) < len(index):
-            cen, half = _leaf_boxes(level[len(coef):], index[len(coef):], zlo, zhi)
-            Fv, bad = _leaf_values(w, ys, h, axes, cen, half, q)
-            nbad = np.concatenate([nbad, bad])
+        done = 0 if have is None else len(have["coef"])
+        if done < len(index):
+            cen, half = _leaf_boxes(level[done:], index[done:], zlo, zhi)
+            Fv, S0, mv, bad = _leaf_values(w, ys, h, axes, cen, half, q)
             c = _coefficients(Fv.reshape(len(cen), p[0], 1, p[1], 1, p[2], d), D)
-            coef = np.concatenate([coef, c])
-            tails = np.concatenate([tails, _leaf_tails(c, q, d, p)])
-        split = _occupied(level, zlo, zhi, index, zsample)[:, None] & (tails > atol)
+            new = dict(coef=c, tails=_leaf_tails(c, q, d, p), S0=S0, m=mv, bad=bad)
+            have = new if have is None else {k: np.concatenate([have[k], new[k]]) for k in vals}
+        split = _occupied(level, zlo, zhi, index, zsample)[:, None] & (have["tails"] > atol)
         if not split.any():
             break
         if np.any(level[split] >= MAX_LEVEL):
@@ -364,7 +484,7 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
                     ii[a] = 2 * ii[a] + ((bits >> b) & 1)
                 lv.append(li[None])
                 ix.append(ii[None])
-        coef, tails, nbad = coef[keep], tails[keep], nbad[keep]
+        have = {k: have[k][keep] for k in vals}
         level, index = np.concatenate(lv), np.concatenate(ix)
     cen, half = _leaf_boxes(level, index, zlo, zhi)
     rh = np.where([a in axes for a in range(3)], 1.0 / half, 1.0)
@@ -373,13 +493,21 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
     lookup = (zlo.copy(), nb / (zhi - zlo), nb.astype(np.int64), grid, np.ascontiguousarray(cen),
               np.ascontiguousarray(rh), p[0], p[1], p[2])  # fmt: skip
     const = np.array([ys[a][0] if a not in axes else 0.0 for a in range(3)])
-    return TreeTable(axes=axes, degree=q, h=h.copy(), const=const, coef=np.ascontiguousarray(coef), cen=cen,
-                     rh=rh, level=level, index=index, box=(zlo, zhi), lookup=lookup, nbad=nbad)  # fmt: skip
+    return TreeTable(axes=axes, degree=q, h=h.copy(), const=const, coef=np.ascontiguousarray(have["coef"]),
+                     cen=cen, rh=rh, level=level, index=index, box=(zlo, zhi), lookup=lookup, w=w, ys=tuple(ys),
+                     S0=have["S0"], m=have["m"], bad=have["bad"])  # fmt: skip
 
 
 def evaluate_tree(tree, targets, B, V, out):
     """Velocity from the tree: out_t = (1/M) sum_j V_j F~(B_j x_t) (targets outside the box are clamped)."""
     targets = np.ascontiguousarray(targets, dtype=float)
+    Bc, Vc, base = _kernel_args(tree, B, V)
+    _tree_forward(targets, Bc, Vc, base, *tree.lookup, tree.coef, out)
+    return out
+
+
+def _kernel_args(tree, B, V):
+    """(Bc, Vc, base) for the kernels (the table axes are the source axes here)."""
     B = np.asarray(B, dtype=float)
     V = np.asarray(V, dtype=float)
     M = B.shape[0]
@@ -389,8 +517,75 @@ def evaluate_tree(tree, targets, B, V, out):
     Vc = np.ascontiguousarray(V[:, :, axes] / M)
     inactive = [a for a in range(3) if a not in axes]
     base = V[:, :, inactive].sum(axis=0) @ tree.const[inactive] / M if inactive else np.zeros(3)
-    _tree_forward(targets, Bc, Vc, np.ascontiguousarray(base, dtype=float), *tree.lookup, tree.coef, out)
-    return out
+    return Bc, Vc, np.ascontiguousarray(base, dtype=float)
+
+
+def evaluate_tree_vjp(tree, targets, B, V, ubar):
+    """(w_bar, B_bar, V_bar): the exact transpose of :func:`evaluate_tree` with the leaves frozen.
+
+    As :func:`gridpde.attention.table.evaluate_vjp`: the coefficient cotangents per leaf
+    go back through the leaf's Chebyshev transform to its node values F = S_a / S0 - g,
+    and from there by the transposed shared contractions (:func:`_leaf_sums_transpose`)
+    to w_bar; nodes by the exact kernel go back through its VJP.
+    """
+    targets = np.ascontiguousarray(targets, dtype=float)
+    ubar = np.ascontiguousarray(ubar, dtype=float)
+    B = np.asarray(B, dtype=float)
+    M = B.shape[0]
+    d = tree.d
+    axes = list(tree.axes)
+    Bc, Vc, _ = _kernel_args(tree, B, V)
+    parts = max(1, min(PARTS, (targets.shape[0] + CHUNK - 1) // CHUNK))
+    cbar = np.zeros((parts,) + tree.coef.shape)
+    Bcbar = np.zeros((parts, M, 3, 3))
+    Fsum = np.zeros((parts, M, 3, d))
+    xbar = np.zeros((targets.shape[0], 3))
+    _tree_backward(targets, Bc, Vc, *tree.lookup, tree.coef, ubar, cbar, Bcbar, Fsum, xbar)
+    Bbar = np.zeros((M, 3, 3))
+    Bbar[:, axes, :] = Bcbar.sum(axis=0)[:, axes, :]
+    Vbar = np.zeros((M, 3, 3))
+    Vbar[:, :, axes] = Fsum.sum(axis=0) / M
+    inactive = [a for a in range(3) if a not in axes]
+    if inactive:
+        Vbar[:, :, inactive] += (ubar.sum(axis=0)[:, None] * tree.const[inactive][None, :])[None] / M
+    # coefficients -> node values: the transpose of the per-axis DCT
+    q = tree.degree
+    p = [q + 1 if a in axes else 1 for a in range(3)]
+    D = _dct_matrix(q)
+    X = cbar.sum(axis=0).reshape(tree.leaves, d, p[0], p[1], p[2])
+    for k in range(3):
+        if p[k] > 1:
+            X = np.moveaxis(np.tensordot(X, D, axes=([2 + k], [0])), -1, 2 + k)
+    Fbar = np.moveaxis(X, 1, -1)  # (P, p0, p1, p2, d)
+    # node values -> sums -> sources
+    good = ~tree.bad
+    safe = np.where(good, tree.S0, 1.0)
+    Fb = np.where(good[..., None], Fbar, 0.0)
+    S0bar = -np.sum(Fb * tree.m, axis=-1) / safe
+    Sbar = {a: Fb[..., c] / safe for c, a in enumerate(axes)}
+    cen, half = tree.cen, 1.0 / tree.rh
+    plan = _Plan(tree.axes, cen, half, q, tree.ys, tree.w.shape)
+    wbar = _leaf_sums_transpose(plan, S0bar, Sbar)
+    if tree.bad.any():
+        idx = np.nonzero(tree.bad)
+        Z = np.stack([plan.z(a, idx[0])[np.arange(len(idx[0])), idx[1 + a] if a in axes else 0]
+                      for a in range(3)], axis=-1)  # fmt: skip
+        ub = np.zeros((len(Z), 3))
+        ub[:, axes] = Fbar[idx]
+        eye = np.eye(3)[None]
+        wb, _, _ = tensor_velocity_vjp(Z, tree.w, *tree.ys, eye, eye, np.zeros(3), ub)
+        wbar = wbar + wb
+    return wbar, Bbar, Vbar
+
+
+def refit_tree(tree, w):
+    """The tree on the same leaves for other source masses ``w`` (what :func:`evaluate_tree_vjp` differentiates)."""
+    q = tree.degree
+    d = tree.d
+    p = [q + 1 if a in tree.axes else 1 for a in range(3)]
+    Fv, S0, mv, bad = _leaf_values(w, tree.ys, tree.h, tree.axes, tree.cen, 1.0 / tree.rh, q)
+    coef = _coefficients(Fv.reshape(tree.leaves, p[0], 1, p[1], 1, p[2], d), _dct_matrix(q))
+    return replace(tree, coef=coef, w=w, S0=S0, m=mv, bad=bad)
 
 
 def tree_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, n_check=256,
