@@ -124,3 +124,58 @@ def test_a_fallback_is_passed_on_so_the_next_stage_takes_exact_sums_at_once():
     assert third["method"] == "table" and third["layout"].breaks is not None
     again = table_velocity(*args, out, layout=third["layout"])  # and its layout starts the next call
     assert again["method"] == "table" and again["warm"] and np.abs(out - exact).max() <= 1e-8 * np.abs(exact).max()
+
+
+@pytest.fixture
+def trees(monkeypatch):
+    """Every tensor table is too large: the table method takes a tree of panels at every stage."""
+    import gridpde.attention.table as tb
+
+    def too_large(*args, **kwargs):
+        raise tb.TableTooLarge("forced")
+
+    monkeypatch.setattr(tb, "build_table", too_large)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_with_trees_the_adjoint_is_the_transpose_and_recomputes_bit_for_bit(dim, trees):
+    """Every stage on a tree: the adjoint of the whole solve against central differences (to 1e-9: the
+    tolerance is tight enough that the perturbed solves build the same leaves), and a tape that keeps no
+    stages recomputes them bit for bit from the recorded layouts (the leaves)."""
+    n, scale, tol = (16, 0.7, 1e-12) if dim == 2 else (8, 0.3, 1e-9)
+    grid = Grid((-6.0,) * dim, (6.0,) * dim, (n,) * dim)
+    mean = np.array([0.3, -0.2, 0.1][:dim])
+    rho = gaussian_cell_averages(grid, mean, 0.4 * np.eye(dim) + 0.05)
+    h = Heads.random(1, 2, dim, dim, scale, 1)
+    solver = GridForward(grid, h.B, h.V, "upwind", "ssprk2", attention="table", attention_tol=tol)
+    kept, none = Tape(), Tape(budget_bytes=0)
+    rho1, _, n_steps = solver.solve(rho, 0.0, 1.0, tape=kept)
+    assert solver.stats.trees == solver.stats.calls > 0 and solver.stats.fallbacks == 0
+    rng = np.random.default_rng(0)
+    lam = rng.normal(size=rho1.shape)
+    lam0, Bb, Vb = backward(solver, kept, lam)
+    rho2, _, _ = solver.solve(rho, 0.0, 1.0, tape=none)  # no stages kept: recomputed from the recorded layouts
+    assert np.array_equal(rho1, rho2)
+    for x, y in zip((lam0, Bb, Vb), backward(solver, none, lam)):
+        assert np.array_equal(x, y)
+    drho = rng.normal(size=rho.shape) * rho
+    eps = 1e-6
+    up = solver.solve(rho + eps * drho, 0.0, 1.0, schedule=[n_steps])[0]
+    down = solver.solve(rho - eps * drho, 0.0, 1.0, schedule=[n_steps])[0]
+    fd = np.sum(lam * (up - down)) / (2 * eps)
+    assert abs(fd - np.sum(lam0 * drho)) <= 1e-9 * abs(fd)
+
+
+def test_with_trees_the_gradient_passes_gradcheck_and_matches_the_exact_gradient(trees):
+    table = Problem(_case("table"))
+    exact = Problem(_case("exact"))
+    heads = table.case.heads
+    risk, checks, taylor = gradient_checks(table, heads, eps=1e-5)
+    for c in checks:
+        assert c.rel_error <= 1e-5, (c.block, c.adjoint, c.finite_difference)
+    assert 1.8 <= taylor.slope <= 2.2, taylor.remainder
+    g_table = table.risk_and_grad(heads)
+    g_exact = exact.risk_and_grad(heads)
+    assert abs(g_table.risk - g_exact.risk) <= 1e-8 * g_exact.risk
+    diff = np.linalg.norm(g_table.grad.flat() - g_exact.grad.flat()) / np.linalg.norm(g_exact.grad.flat())
+    assert diff <= 1e-6, diff

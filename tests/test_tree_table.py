@@ -68,18 +68,23 @@ def test_the_tree_meets_its_tolerance_in_3d(kind, build):
     assert _rel(out, _exact(targets, w, ys, B, V, h)) <= tol
 
 
-def test_the_tree_is_much_smaller_than_the_tensor_table_on_a_diagonal_feature():
-    """Two bumps along (1, 1, 1): the tensor table needs more than its 2e6-node cap at tol 1e-6 and falls
-    back to exact sums (it needs 9.1e6, measured with the cap raised); the tree's leaves crowd along the
-    switching plane, and it fits (1.4e6 nodes)."""
+def test_where_the_tensor_table_is_too_large_table_velocity_takes_a_tree():
+    """Two bumps along (1, 1, 1): the tensor table needs more than its 2e6-node cap at tol 1e-6 (9.1e6,
+    measured with the cap raised); the tree's leaves crowd along the switching plane and it fits (1.4e6
+    nodes), so table_velocity uses it, says why, and meets the tolerance."""
     targets, w, ys, B, V, h = _faces_problem(3, 16, 8, "bumps")
     out = np.empty((len(targets), 3))
     info = tb.table_velocity(targets, w, *ys, B, V, h, out, tol=1e-6)
-    assert info["method"] == "exact" and "too large" in info["reason"]
-    info = tr.tree_velocity(targets, w, *ys, B, V, h, out, tol=1e-6)
-    assert info["method"] == "tree" and info["table_nodes"] < tb.MAX_NODES, info["table_nodes"]
-    levels = info["tree"].level
+    assert info["method"] == "table" and info["kind"] == "tree" and "too large" in info["reason"], info["reason"]
+    assert info["table_nodes"] < tb.MAX_NODES and info["error_estimate"] <= 1e-6
+    assert _rel(out, _exact(targets, w, ys, B, V, h)) <= 1e-6
+    levels = info["table"].level
     assert levels.max() >= levels.min() + 3  # adapted: leaves 8x smaller along the feature than away from it
+    # the next stage on the box starts from the tree's leaves, and takes the tree at once
+    assert info["layout"].tree is not None
+    again = tb.table_velocity(targets, w * (1 + 1e-3 * np.cos(w.size * w)), *ys, B, V, h, out, tol=1e-6,
+                              layout=info["layout"])  # fmt: skip
+    assert again["kind"] == "tree" and "earlier stage" in again["reason"] and again["error_estimate"] <= 1e-6
 
 
 @pytest.mark.parametrize("dim", [1, 2])

@@ -114,6 +114,7 @@ class AttentionStats:
 
     calls: int = 0
     table: int = 0
+    trees: int = 0
     fallbacks: int = 0
     max_error: float = 0.0
     fallback_reason: str = ""
@@ -126,14 +127,20 @@ class AttentionStats:
             self.fallback_reason = self.fallback_reason or info["reason"]
         else:
             self.table += 1
+            self.trees += info.get("kind") == "tree"
             self.max_error = max(self.max_error, info["error_estimate"])
         return info["table"]
 
     def report(self, use_table: bool) -> dict:
         """Result-file attributes: which sums were asked for, the largest error estimate, the fallbacks."""
         return {"attention_used": "table" if use_table else "exact", "attention_max_error": self.max_error,
-                "attention_fallbacks": self.fallbacks, "attention_fallback_reason": self.fallback_reason}
+                "attention_fallbacks": self.fallbacks, "attention_fallback_reason": self.fallback_reason,
+                "attention_tree_calls": self.trees}
 
+
+#: targets whose z (for every head) mark where a tree table is refined (denser than the tensor table's 2048:
+#: leaves are local, and a sparser sample left leaves that targets use unrefined, seen 1e-4 against tol 1e-6)
+TREE_SAMPLE = 8192
 
 #: a warm-started table splits only panels whose tail estimate exceeds this times the target: without
 #: the slack, panels refined to just below the target at one stage cross it at the next and the
@@ -606,7 +613,8 @@ class Table:
 class Layout:
     """A table's panels on its z-box: where the next call on the same box starts refining (a warm start).
 
-    ``breaks`` None: that call fell back to exact sums, and the next call on the box does at once.
+    ``breaks`` None: that call used a tree of panels (its leaves, (level, index), in ``tree``), or fell
+    back to exact sums (``tree`` None), and the next call on the box does the same at once.
     """
 
     axes: tuple
@@ -614,6 +622,7 @@ class Layout:
     lo: np.ndarray  # (3,) box corners (inactive axes 0)
     hi: np.ndarray
     breaks: tuple
+    tree: tuple = None
 
     def fits(self, axes, degree, zlo, zhi) -> bool:
         """Is this the layout of a table on the same axes, degree and (bit for bit) the same box?"""
@@ -1050,6 +1059,10 @@ def evaluate(table, targets, B, V, out):
     Returns:
         out.
     """
+    from gridpde.attention.tree import TreeTable, evaluate_tree
+
+    if isinstance(table, TreeTable):
+        return evaluate_tree(table, targets, B, V, out)
     targets = np.ascontiguousarray(targets, dtype=float)
     Bc, Vc, base = _kernel_args(table, B, V)
     if table.d == 0:
@@ -1143,6 +1156,10 @@ def evaluate_vjp(table, targets, B, V, ubar):
         the cotangent (n, 3) of the source tokens' positions; see :func:`token_table_velocity_vjp`
         for the targets' own.
     """
+    from gridpde.attention.tree import TreeTable, evaluate_tree_vjp
+
+    if isinstance(table, TreeTable):
+        return evaluate_tree_vjp(table, targets, B, V, ubar)
     return _vjp(table, targets, B, V, ubar)[:3]
 
 
@@ -1236,33 +1253,14 @@ def table_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, 
                    seed, layout)  # fmt: skip
 
 
-def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_check, max_nodes, max_rounds, seed,
-            layout=None):  # fmt: skip
-    """:func:`table_velocity` for grid or token sources; ``exact_kernel(Z, B, V, h, out)`` the exact sums."""
-    targets = np.ascontiguousarray(targets, dtype=float)
-    B = np.ascontiguousarray(B, dtype=float)
-    V = np.ascontiguousarray(V, dtype=float)
-    T = targets.shape[0]
-    M = B.shape[0]
-    info = dict(method="exact", error_estimate=0.0, error_F=0.0, tol=tol, degree=None, panels=(), nodes=(),
-                table_nodes=0, fallback_nodes=0, rounds=0, checked=0, reason="", warm=False, table=None,
-                layout=None)  # fmt: skip
-    box = None  # (axes, degree, zlo, zhi) once known: a fallback leaves a Layout without panels on it
+def _check_pairs(targets, B, h, axes, exact_kernel, n_check, seed, nsub=2048):
+    """The z-box of every head and target (padded by 1%), the check pairs and their exact F, the targets
+    of the pairs, and sample z (``nsub`` targets' and the pairs') for the refinement.
 
-    def exact(reason):
-        exact_kernel(targets, B, V, h, out)
-        info.update(method="exact", reason=reason, table=None, layout=None if box is None else Layout(*box, None))
-        return info
-
-    if T == 0:
-        return info
-    if not np.any(w > 0.0):
-        return exact("no positive mass")
-    axes = _token_axes(np.stack(ys, axis=1)) if tokens else _active_axes(w, h)
-    d = len(axes)
-    q = default_degree(tol) if degree is None else int(degree)
-    info["degree"] = q
-    # z-box over all heads and targets, and the extreme pairs
+    The pairs are ``n_check`` random (target, head) pairs and, per head and table axis, the
+    pairs of extreme z. Returns (zlo, zhi, Zs, F_exact, tsample, zsub).
+    """
+    T, M, d = targets.shape[0], B.shape[0], len(axes)
     Bc = np.zeros((M, 3, 3))
     for i, a in enumerate(axes):
         Bc[:, 3 - d + i, :] = B[:, a, :]
@@ -1279,10 +1277,6 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
         pad = 0.01 * (hi - lo) + 1e-9 * (1.0 + max(abs(lo), abs(hi)))
         zlo[a] = lo - pad
         zhi[a] = hi + pad
-    box = (axes, q, zlo, zhi)
-    warm = layout is not None and layout.fits(axes, q, zlo, zhi)
-    if warm and layout.breaks is None:  # an earlier call on this box fell back: do not pay for a failed build again
-        return exact("an earlier stage on the same z-box fell back to exact sums")
     rng = np.random.default_rng(seed)
     pf = [rng.integers(0, T, n_check)]
     pj = [rng.integers(0, M, n_check)]
@@ -1296,10 +1290,68 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
     F_exact = np.empty((len(Zs), 3))
     exact_kernel(Zs, eye, eye, h, F_exact)
     tsample = np.ascontiguousarray(targets[np.unique(pairs[:, 0])])
-    sub = targets[:: max(1, T // 2048)]
+    sub = targets[:: max(1, T // nsub)]
     zsub = np.concatenate([np.einsum("jab,tb->jta", B, sub).reshape(-1, 3), Zs])
+    return zlo, zhi, Zs, F_exact, tsample, zsub
+
+
+def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_check, max_nodes, max_rounds, seed,
+            layout=None):  # fmt: skip
+    """:func:`table_velocity` for grid or token sources; ``exact_kernel(Z, B, V, h, out)`` the exact sums."""
+    targets = np.ascontiguousarray(targets, dtype=float)
+    B = np.ascontiguousarray(B, dtype=float)
+    V = np.ascontiguousarray(V, dtype=float)
+    T = targets.shape[0]
+    M = B.shape[0]
+    info = dict(method="exact", kind="tensor", error_estimate=0.0, error_F=0.0, tol=tol, degree=None, panels=(),
+                nodes=(), table_nodes=0, fallback_nodes=0, rounds=0, checked=0, reason="", warm=False, table=None,
+                layout=None)  # fmt: skip
+    box = None  # (axes, degree, zlo, zhi) once known: a fallback leaves a Layout without panels on it
+
+    def exact(reason):
+        exact_kernel(targets, B, V, h, out)
+        info.update(method="exact", reason=reason, table=None, layout=None if box is None else Layout(*box, None))
+        return info
+
+    if T == 0:
+        return info
+    if not np.any(w > 0.0):
+        return exact("no positive mass")
+    axes = _token_axes(np.stack(ys, axis=1)) if tokens else _active_axes(w, h)
+    d = len(axes)
+    q = default_degree(tol) if degree is None else int(degree)
+    info["degree"] = q
+    zlo, zhi, Zs, F_exact, tsample, zsub = _check_pairs(targets, B, h, axes, exact_kernel, n_check, seed)
+    box = (axes, q, zlo, zhi)
     info["checked"] = len(Zs)
     vnorm = _spectral_norms(V, axes).mean()
+
+    def tree(reason, leaves=None):
+        # the tensor table is too large: a tree of panels (grid sources in 2-D and 3-D), else exact sums
+        if tokens or d < 2 or vnorm == 0.0:
+            return exact(reason)
+        from gridpde.attention.tree import fit_tree
+
+        zdense = np.concatenate([np.einsum("jab,tb->jta", B, targets[:: max(1, T // TREE_SAMPLE)]).reshape(-1, 3),
+                                 Zs])  # fmt: skip
+        res = fit_tree(w, ys, h, zlo, zhi, q, zdense, Zs, F_exact, tsample, B, V, tol, max_nodes, max_rounds,
+                       leaves)  # fmt: skip
+        info["rounds"] += res["rounds"]
+        if res["tree"] is None:
+            return exact(f"{reason}; {res['reason']}")
+        t = res["tree"]
+        evaluate(t, targets, B, V, out)
+        info.update(method="table", kind="tree", error_F=res["error_F"], table=t, reason=reason, panels=(t.leaves,),
+                    error_estimate=float(vnorm * res["error_F"] / np.abs(out).max()), nodes=(), table_nodes=t.size,
+                    fallback_nodes=t.fallback_nodes, layout=Layout(*box, None, tree=(t.level, t.index)))  # fmt: skip
+        return info
+
+    warm = layout is not None and layout.fits(axes, q, zlo, zhi)
+    if warm and layout.tree is not None:
+        return tree("an earlier stage on the same z-box used a tree", layout.tree)
+    if warm and layout.breaks is None:  # an earlier call on this box fell back: do not pay for a failed build again
+        return exact("an earlier stage on the same z-box fell back to exact sums")
+    eye = np.eye(3)[None]
     Fscale = np.abs(F_exact[:, list(axes)]).max() if d else 0.0
     if d == 0 or vnorm == 0.0:
         table = _make_table(w, ys, h, axes, [np.array([zlo[a], zhi[a]]) for a in axes], q, tokens)
@@ -1316,7 +1368,7 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
                                  zsample=zsub, tokens=tokens)  # fmt: skip
         outmax = np.abs(evaluate(coarse, tsample, B, V, np.empty((len(tsample), 3)))).max()
     except TableTooLarge:
-        return exact("coarse table too large")
+        return tree("coarse table too large")
     if not outmax > 0.0:
         return exact("velocity vanishes on the sample")
     info["warm"] = warm
@@ -1332,7 +1384,7 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
                                 tokens=tokens, first=first, safety=WARM_SLACK if warm else 1.0)  # fmt: skip
             first = None
         except TableTooLarge:
-            return exact(f"table too large (round {rnd}, atol {atol:.3g})")
+            return tree(f"table too large (round {rnd}, atol {atol:.3g})")
         evaluate(table, Zs, eye, eye, Fs)
         errs = np.sqrt(((Fs - F_exact)[:, list(axes)] ** 2).sum(axis=1))
         errF = errs.max()

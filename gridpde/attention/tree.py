@@ -418,7 +418,8 @@ def _occupied(level, zlo, zhi, index, zsample, cells=OCCUPANCY_CELLS):
     return total > 0
 
 
-def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, start=1, first=None):
+def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, start=1, first=None, leaves=None,
+               split_at=None):  # fmt: skip
     """The tree table of F on the box zlo <= z <= zhi, refined until every leaf that a sample z meets has
     tails <= ``atol`` along every axis.
 
@@ -431,6 +432,8 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
         max_nodes: cap on the nodes (leaves times (q + 1)^d).
         start: initial halvings per active axis.
         first: a tree on the same sources, box and degree to refine further (its leaves are not recomputed).
+        leaves: (level, index) of the leaves to start from (an earlier tree's on the box, other sources).
+        split_at: (K, 3) z points whose leaves are halved along every axis first (where a check failed).
 
     Raises:
         TableTooLarge: the refinement would exceed ``max_nodes``, ``MAX_LEVEL`` or ``MAX_BINS``.
@@ -453,6 +456,9 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
     if first is not None:
         level, index = first.level, first.index
         have = dict(coef=first.coef, tails=_leaf_tails(first.coef, q, d, p), S0=first.S0, m=first.m, bad=first.bad)
+    elif leaves is not None:
+        level, index = (np.array(a, dtype=np.int64) for a in leaves)
+        have = None
     else:  # 2^start leaves per active axis
         k = [np.arange(2**start) if a in axes else np.zeros(1, np.int64) for a in range(3)]
         index = np.stack(np.meshgrid(*k, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int64)
@@ -469,6 +475,11 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
             new = dict(coef=c, tails=_leaf_tails(c, q, d, p), S0=S0, m=mv, bad=bad)
             have = new if have is None else {k: np.concatenate([have[k], new[k]]) for k in vals}
         split = _occupied(level, zlo, zhi, index, zsample)[:, None] & (have["tails"] > atol)
+        if split_at is not None and len(split_at):
+            grid, nb = _grid(level, index)
+            b = np.clip(np.floor((split_at - zlo) / (zhi - zlo) * nb), 0, nb - 1).astype(np.int64)
+            split[grid[(b[:, 0] * nb[1] + b[:, 1]) * nb[2] + b[:, 2]]] |= np.array([a in axes for a in range(3)])
+            split_at = None
         if not split.any():
             break
         if np.any(level[split] >= MAX_LEVEL):
@@ -588,92 +599,98 @@ def refit_tree(tree, w):
     return replace(tree, coef=coef, w=w, S0=S0, m=mv, bad=bad)
 
 
+def fit_tree(w, ys, h, zlo, zhi, q, zsample, Zs, F_exact, tsample, B, V, tol, max_nodes=MAX_NODES, max_rounds=4,
+             leaves=None):  # fmt: skip
+    """The tree that meets ``tol`` at the check pairs (z ``Zs`` with exact F ``F_exact``), or why there is none.
+
+    The target for F is tol * max|out| / mean_j ||V_j||_2, max|out| over ``tsample``
+    from a coarse tree (or one on ``leaves``, an earlier tree's on this box); each
+    round that fails the check tightens it by the measured ratio and refines further.
+
+    Returns:
+        dict: ``tree`` (None if it failed), ``reason``, ``error_F``, ``rounds``, ``outmax``.
+    """
+    axes = [a for a in range(3) if w.shape[a] > 1 or h[a] > 0.0]
+    vnorm = _spectral_norms(V, axes).mean()
+    res = dict(tree=None, reason="", error_F=0.0, rounds=0, outmax=0.0)
+    eye = np.eye(3)[None]
+    try:
+        if leaves is None:
+            Fscale = np.abs(F_exact[:, axes]).max()
+            tree = build_tree(w, ys, h, zlo, zhi, 1e-3 * max(Fscale, 1e-300), q, zsample, max_nodes)
+        else:
+            tree = build_tree(w, ys, h, zlo, zhi, np.inf, q, zsample, max_nodes, leaves=leaves)
+    except TableTooLarge as exc:
+        res["reason"] = f"coarse {exc}"
+        return res
+    outmax = np.abs(evaluate_tree(tree, tsample, B, V, np.empty((len(tsample), 3)))).max()
+    if not outmax > 0.0 or vnorm == 0.0:
+        res["reason"] = "velocity vanishes on the sample"
+        return res
+    atol = tol * outmax / vnorm
+    Fs = np.empty((len(Zs), 3))
+    err = np.inf
+    failing = None
+    for rnd in range(1, max_rounds + 1):
+        res["rounds"] = rnd
+        try:
+            tree = build_tree(w, ys, h, zlo, zhi, atol, q, zsample, max_nodes, first=tree, split_at=failing)
+        except TableTooLarge as exc:
+            res["reason"] = f"{exc} (round {rnd})"
+            return res
+        evaluate_tree(tree, Zs, eye, eye, Fs)
+        errs = np.sqrt(((Fs - F_exact)[:, axes] ** 2).sum(axis=1))
+        err = vnorm * errs.max() / outmax
+        res.update(error_F=float(errs.max()), outmax=float(outmax))
+        if err <= tol:
+            res["tree"] = tree
+            return res
+        atol *= 0.5 * tol / err  # tighter, and the leaves of the failing pairs halved
+        failing = Zs[vnorm * errs / outmax > tol]
+    res["reason"] = f"tree: tolerance not met after {max_rounds} rounds (estimate {err:.3g})"
+    return res
+
+
 def tree_velocity(targets, w, y0, y1, y2, B, V, h, out, tol=1e-8, degree=None, n_check=256,
                   max_nodes=MAX_NODES, max_rounds=4, seed=0):  # fmt: skip
-    """Head-averaged attention velocity from a tree table, with the tensor table's a posteriori control.
-
-    As :func:`gridpde.attention.table.table_velocity`: the z-box of all heads and
-    targets, the target tol * max|out| / mean_j ||V_j||_2 for F, the error measured
-    against the exact kernel at ``n_check`` random pairs and each head's extreme z per
-    axis, tightened and rebuilt up to ``max_rounds``; the exact kernel if the tree
-    would be too large or the tolerance is not met.
+    """Head-averaged attention velocity from a tree table alone (no tensor table first), with the check of
+    :func:`gridpde.attention.table.table_velocity` (which uses a tree where its tensor table is too large).
 
     Returns:
         dict with ``method`` ("tree" or "exact"), ``error_estimate``, ``error_F``,
         ``leaves``, ``table_nodes``, ``fallback_nodes``, ``rounds``, ``reason``, ``tree``.
     """
+    from gridpde.attention.table import TREE_SAMPLE, _check_pairs
+
     targets = np.ascontiguousarray(targets, dtype=float)
     ys = tuple(np.ascontiguousarray(y, dtype=float) for y in (y0, y1, y2))
     w = np.ascontiguousarray(w, dtype=float)
     h = np.ascontiguousarray(h, dtype=float)
     B = np.ascontiguousarray(B, dtype=float)
     V = np.ascontiguousarray(V, dtype=float)
-    T, M = targets.shape[0], B.shape[0]
     info = dict(method="exact", error_estimate=0.0, error_F=0.0, tol=tol, leaves=0, table_nodes=0,
                 fallback_nodes=0, rounds=0, reason="", tree=None)  # fmt: skip
 
-    def exact_kernel(Z, Bs, Vs, res):
-        tensor_velocity(Z, w, *ys, Bs, Vs, h, res, np.empty((Bs.shape[0], len(Z))))
-
-    def exact(reason):
-        exact_kernel(targets, B, V, out)
-        info.update(method="exact", reason=reason, tree=None)
-        return info
+    def exact_kernel(Z, Bs, Vs, hs, res):
+        tensor_velocity(Z, w, *ys, Bs, Vs, hs, res, np.empty((Bs.shape[0], len(Z))))
 
     axes = tuple(a for a in range(3) if w.shape[a] > 1 or h[a] > 0.0)
-    if T == 0 or not np.any(w > 0.0) or not axes:
-        return exact("nothing to tabulate")
+    if len(targets) == 0 or not np.any(w > 0.0) or not axes:
+        exact_kernel(targets, B, V, h, out)
+        info["reason"] = "nothing to tabulate"
+        return info
     q = default_degree(tol) if degree is None else int(degree)
-    zmin, zmax = np.empty((M, 3)), np.empty((M, 3))
-    imin, imax = np.empty((M, 3), dtype=np.int64), np.empty((M, 3), dtype=np.int64)
-    Bc = np.zeros((M, 3, 3))
-    Bc[:, list(axes), :] = B[:, list(axes), :]
-    _zrange(targets, Bc, zmin, zmax, imin, imax)
-    lo, hi = zmin.min(axis=0), zmax.max(axis=0)
-    pad = 0.01 * (hi - lo) + 1e-9 * (1.0 + np.maximum(abs(lo), abs(hi)))
-    zlo, zhi = lo - pad, hi + pad
-    rng = np.random.default_rng(seed)
-    pf = [rng.integers(0, T, n_check)] + [imin[:, a] for a in axes] + [imax[:, a] for a in axes]
-    pj = [rng.integers(0, M, n_check)] + [np.arange(M)] * (2 * len(axes))
-    pairs = np.unique(np.stack([np.concatenate(pf), np.concatenate(pj)], axis=1), axis=0)
-    Zs = np.einsum("sab,sb->sa", B[pairs[:, 1]], targets[pairs[:, 0]])
-    eye = np.eye(3)[None]
-    F_exact = np.empty((len(Zs), 3))
-    exact_kernel(Zs, eye, eye, F_exact)
-    sub = targets[:: max(1, T // 8192)]
-    zsub = np.concatenate([np.einsum("jab,tb->jta", B, sub).reshape(-1, 3), Zs])
-    vnorm = _spectral_norms(V, axes).mean()
-    tsample = np.ascontiguousarray(targets[np.unique(pairs[:, 0])])
-    Fscale = np.abs(F_exact[:, list(axes)]).max()
-    if vnorm == 0.0:
-        return exact("V = 0")
-    try:
-        coarse = build_tree(w, ys, h, zlo, zhi, 1e-3 * max(Fscale, 1e-300), q, zsub, max_nodes)
-    except TableTooLarge:
-        return exact("coarse tree too large")
-    outmax = np.abs(evaluate_tree(coarse, tsample, B, V, np.empty((len(tsample), 3)))).max()
-    if not outmax > 0.0:
-        return exact("velocity vanishes on the sample")
-    atol = tol * outmax / vnorm
-    Fs = np.empty((len(Zs), 3))
-    err = np.inf
-    tree = coarse
-    for rnd in range(1, max_rounds + 1):
-        info["rounds"] = rnd
-        try:
-            tree = build_tree(w, ys, h, zlo, zhi, atol, q, zsub, max_nodes, first=tree)
-        except TableTooLarge as exc:
-            return exact(f"{exc} (round {rnd})")
-        evaluate_tree(tree, Zs, eye, eye, Fs)
-        errF = np.sqrt(((Fs - F_exact)[:, list(axes)] ** 2).sum(axis=1)).max()
-        err = vnorm * errF / outmax
-        info.update(error_F=float(errF), leaves=tree.leaves, table_nodes=tree.size,
-                    fallback_nodes=tree.fallback_nodes)  # fmt: skip
-        if err <= tol:
-            break
-        atol *= 0.5 * tol / err
-    else:
-        return exact(f"tolerance not met after {max_rounds} rounds (estimate {err:.3g})")
+    zlo, zhi, Zs, F_exact, tsample, zsub = _check_pairs(targets, B, h, axes, exact_kernel, n_check, seed,
+                                                        TREE_SAMPLE)
+    res = fit_tree(w, ys, h, zlo, zhi, q, zsub, Zs, F_exact, tsample, B, V, tol, max_nodes, max_rounds)
+    info.update(rounds=res["rounds"], error_F=res["error_F"])
+    if res["tree"] is None:
+        exact_kernel(targets, B, V, h, out)
+        info["reason"] = res["reason"]
+        return info
+    tree = res["tree"]
     evaluate_tree(tree, targets, B, V, out)
-    info.update(method="tree", error_estimate=float(vnorm * info["error_F"] / np.abs(out).max()), tree=tree)
+    vnorm = _spectral_norms(V, axes).mean()
+    info.update(method="tree", error_estimate=float(vnorm * res["error_F"] / np.abs(out).max()), tree=tree,
+                leaves=tree.leaves, table_nodes=tree.size, fallback_nodes=tree.fallback_nodes)  # fmt: skip
     return info
