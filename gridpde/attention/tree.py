@@ -30,7 +30,7 @@ from numba import prange
 from scipy.ndimage import binary_dilation
 
 from gridpde._numba import inline, kernel
-from gridpde.attention.table import (CLAMP, MAX_NODES, PARTS, TableTooLarge, _cheb, _cheb_d, _cheb_points,
+from gridpde.attention.table import (CLAMP, MAX_NODES, PARTS, WARM_SLACK, TableTooLarge, _cheb, _cheb_d, _cheb_points,
                                      _coefficients, _dct_matrix, _g, _interp, _pair_cotangents, _spectral_norms,
                                      _stabilised_factors, _zrange, default_degree)
 from gridpde.attention.tensor import CHUNK, UNDERFLOW, tensor_velocity
@@ -253,37 +253,57 @@ class _Plan:
         return E, E * self.ys[a]
 
 
-def _leaf_sums(w, plan, rows):
-    """S0 and S_a (a active) at the nodes of the leaves ``rows``: (m, p0, p1, p2) each.
-
-    S[i, j, k] = sum_abc E0[i, a] E1[j, b] E2[k, c] w[a, b, c] per leaf (EY_a for S_a).
-    """
+def _pair_sums(w, plan):
+    """Per distinct pair of intervals (axes 1, 2): C = E1 x_1 (w x_2 E2), and with EY1 (C1) or EY2 (C2) in
+    place of the factor (None where that axis is inactive); each (U12, n0, p1, p2)."""
     n, p, axes = plan.shape, plan.p, plan.axes
     E2, EY2 = plan.factors(2, plan.first2)
     E1, EY1 = plan.factors(1, plan.first12)
-    E0, EY0 = plan.factors(0, rows)
-    U2 = len(plan.first2)
+    U2, U12 = len(plan.first2), len(plan.first12)
 
     def ax2(F2):  # per distinct interval 2: (U2, n0, n1, p2)
         A = w.reshape(n[0] * n[1], n[2]) @ F2.reshape(U2 * p[2], n[2]).T
-        return np.ascontiguousarray(A.reshape(n[0], n[1], U2, p[2]).transpose(2, 0, 1, 3))
+        return A.reshape(n[0], n[1], U2, p[2]).transpose(2, 0, 1, 3)
 
-    A = ax2(E2)[plan.u2[plan.first12]]
+    A = ax2(E2)
+    A2 = ax2(EY2) if 2 in axes else None
+    C = np.empty((U12, n[0], p[1], p[2]))
+    C1 = np.empty_like(C) if 1 in axes else None
+    C2 = np.empty_like(C) if 2 in axes else None
+    of2 = plan.u2[plan.first12]
+    for u in range(U2):  # the pairs on interval u of axis 2 (not a copy of A per pair: 10^8 entries at 64^3)
+        vs = np.nonzero(of2 == u)[0]
+        C[vs] = np.matmul(E1[vs][:, None], A[u][None])
+        if C1 is not None:
+            C1[vs] = np.matmul(EY1[vs][:, None], A[u][None])
+        if C2 is not None:
+            C2[vs] = np.matmul(E1[vs][:, None], A2[u][None])
+    return C, C1, C2
+
+
+def _leaf_sums(plan, pair_sums, rows):
+    """S0 and S_a (a active) at the nodes of the leaves ``rows``: (m, p0, p1, p2) each.
+
+    S[i, j, k] = sum_abc E0[i, a] E1[j, b] E2[k, c] w[a, b, c] per leaf (EY_a for S_a), from the
+    leaf's pair sums (:func:`_pair_sums`) by the last contraction.
+    """
+    n, p, axes = plan.shape, plan.p, plan.axes
+    C, C1, C2 = pair_sums
+    E0, EY0 = plan.factors(0, rows)
     v = plan.u12[rows]
     m = len(rows)
 
-    def ax0(F0, C):  # per leaf: (m, p0, p1, p2)
-        return np.matmul(F0, C[v].reshape(m, n[0], p[1] * p[2])).reshape(m, p[0], p[1], p[2])
+    def ax0(F0, X):  # per leaf: (m, p0, p1, p2)
+        return np.matmul(F0, X[v].reshape(m, n[0], p[1] * p[2])).reshape(m, p[0], p[1], p[2])
 
-    C = np.matmul(E1[:, None], A)  # per distinct pair: (U12, n0, p1, p2)
     S = {}
     S0 = ax0(E0, C)
     if 0 in axes:
         S[0] = ax0(EY0, C)
-    if 1 in axes:
-        S[1] = ax0(E0, np.matmul(EY1[:, None], A))
-    if 2 in axes:
-        S[2] = ax0(E0, np.matmul(E1[:, None], ax2(EY2)[plan.u2[plan.first12]]))
+    if C1 is not None:
+        S[1] = ax0(E0, C1)
+    if C2 is not None:
+        S[2] = ax0(E0, C2)
     return S0, S
 
 
@@ -303,23 +323,31 @@ def _leaf_sums_transpose(plan, S0bar, Sbar):
         np.add.at(out, plan.u12, Y)
         return out.reshape(U12, n[0], p[1], p[2])
 
-    X = ax0t(E0, S0bar)
+    X = ax0t(E0, S0bar)  # cotangents of the pair sums C, C1, C2
     if 0 in axes:
         X += ax0t(EY0, Sbar[0])
-    Y = np.matmul(np.swapaxes(E1, 1, 2)[:, None], X)  # (U12, n0, n1, p2)
-    if 1 in axes:
-        Y += np.matmul(np.swapaxes(EY1, 1, 2)[:, None], ax0t(E0, Sbar[1]))
+    X1 = ax0t(E0, Sbar[1]) if 1 in axes else None
+    X2 = ax0t(E0, Sbar[2]) if 2 in axes else None
     Abar = np.zeros((U2, n[0], n[1], p[2]))
-    np.add.at(Abar, plan.u2[plan.first12], Y)
+    A2bar = np.zeros_like(Abar) if X2 is not None else None
+    of2 = plan.u2[plan.first12]
+
+    def ax1t(F1, Xv):  # sum over the pairs vs of F1[v]^T X[v]: (n0, n1, p2)
+        return np.tensordot(F1, Xv, axes=([0, 1], [0, 2])).transpose(1, 0, 2)
+
+    for u in range(U2):  # per interval of axis 2 (no (pairs, n0, n1, p2) array: 10^8 entries at 64^3)
+        vs = np.nonzero(of2 == u)[0]
+        Abar[u] = ax1t(E1[vs], X[vs])
+        if X1 is not None:
+            Abar[u] += ax1t(EY1[vs], X1[vs])
+        if X2 is not None:
+            A2bar[u] = ax1t(E1[vs], X2[vs])
 
     def ax2t(F2, Ab):  # (n0, n1, n2)
         return (Ab.transpose(1, 2, 0, 3).reshape(n[0] * n[1], U2 * p[2]) @ F2.reshape(U2 * p[2], n[2])).reshape(n)
 
     wbar = ax2t(E2, Abar)
-    if 2 in axes:
-        Y2 = np.matmul(np.swapaxes(E1, 1, 2)[:, None], ax0t(E0, Sbar[2]))
-        A2bar = np.zeros((U2, n[0], n[1], p[2]))
-        np.add.at(A2bar, plan.u2[plan.first12], Y2)
+    if A2bar is not None:
         wbar = wbar + ax2t(EY2, A2bar)
     return wbar
 
@@ -336,9 +364,10 @@ def _leaf_values(w, ys, h, axes, cen, half, q):
     p = plan.p
     S0 = np.empty((P, p[0], p[1], p[2]))
     mv = np.empty((P, p[0], p[1], p[2], d))
+    pair_sums = _pair_sums(w, plan)
     for s in range(0, P, BATCH):
         rows = np.arange(s, min(P, s + BATCH))
-        S0[rows], S = _leaf_sums(w, plan, rows)
+        S0[rows], S = _leaf_sums(plan, pair_sums, rows)
         good = (S0[rows] > UNDERFLOW) & (S0[rows] < np.inf)
         safe = np.where(good, S0[rows], 1.0)
         mv[rows] = np.stack([S[a] / safe for a in axes], axis=-1)
@@ -419,7 +448,7 @@ def _occupied(level, zlo, zhi, index, zsample, cells=OCCUPANCY_CELLS):
 
 
 def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, start=1, first=None, leaves=None,
-               split_at=None):  # fmt: skip
+               split_at=None, slack=1.0):  # fmt: skip
     """The tree table of F on the box zlo <= z <= zhi, refined until every leaf that a sample z meets has
     tails <= ``atol`` along every axis.
 
@@ -434,6 +463,8 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
         first: a tree on the same sources, box and degree to refine further (its leaves are not recomputed).
         leaves: (level, index) of the leaves to start from (an earlier tree's on the box, other sources).
         split_at: (K, 3) z points whose leaves are halved along every axis first (where a check failed).
+        slack: leaves are split where their tails exceed ``slack * atol`` (> 1 for a warm start: see
+            :data:`gridpde.attention.table.WARM_SLACK`).
 
     Raises:
         TableTooLarge: the refinement would exceed ``max_nodes``, ``MAX_LEVEL`` or ``MAX_BINS``.
@@ -474,7 +505,7 @@ def build_tree(w, ys, h, zlo, zhi, atol, degree, zsample, max_nodes=MAX_NODES, s
             c = _coefficients(Fv.reshape(len(cen), p[0], 1, p[1], 1, p[2], d), D)
             new = dict(coef=c, tails=_leaf_tails(c, q, d, p), S0=S0, m=mv, bad=bad)
             have = new if have is None else {k: np.concatenate([have[k], new[k]]) for k in vals}
-        split = _occupied(level, zlo, zhi, index, zsample)[:, None] & (have["tails"] > atol)
+        split = _occupied(level, zlo, zhi, index, zsample)[:, None] & (have["tails"] > slack * atol)
         if split_at is not None and len(split_at):
             grid, nb = _grid(level, index)
             b = np.clip(np.floor((split_at - zlo) / (zhi - zlo) * nb), 0, nb - 1).astype(np.int64)
@@ -634,7 +665,8 @@ def fit_tree(w, ys, h, zlo, zhi, q, zsample, Zs, F_exact, tsample, B, V, tol, ma
     for rnd in range(1, max_rounds + 1):
         res["rounds"] = rnd
         try:
-            tree = build_tree(w, ys, h, zlo, zhi, atol, q, zsample, max_nodes, first=tree, split_at=failing)
+            tree = build_tree(w, ys, h, zlo, zhi, atol, q, zsample, max_nodes, first=tree, split_at=failing,
+                              slack=1.0 if leaves is None else WARM_SLACK)  # fmt: skip
         except TableTooLarge as exc:
             res["reason"] = f"{exc} (round {rnd})"
             return res
