@@ -9,7 +9,8 @@ prints the speed-up of :func:`table_velocity` (the whole call: z-range,
 table build and refinement, a posteriori check, evaluation) over
 :func:`tensor_velocity`, the speed-up of the evaluation alone, the true max
 relative error and the method's own estimate; then the VJP's cost relative
-to the forward call.
+to the forward call. Where the tensor table is too large (3-D two bumps) the
+call takes a tree of panels: ``panels`` is then the number of leaves.
 
 The exact kernel's cost is linear in the number of targets, so it is timed
 on a random sample of targets and scaled; the true error is measured on the

@@ -33,11 +33,13 @@ max|out| first estimated on a coarse table. A posteriori, F~ is compared with
 the exact kernel at a few hundred (target, head) pairs, random plus each
 head's extreme z per axis; the velocity's relative error is bounded by
 mean_j ||V_j|| max ||F~ - F|| / max|out| (reported as ``error_estimate``).
-Failing pairs' panels are bisected and the target tightened, a few rounds;
-past a node cap the call falls back to the exact kernel and says so. The
-panels are only dyadically tensor-refined, so a sharp feature along a
-diagonal of z-space refines whole slabs: in 3-D a two-bump density at
-tight tolerances can hit the cap.
+Failing pairs' panels are bisected and the target tightened, a few rounds.
+The panels are only dyadically tensor-refined, so a sharp feature along a
+diagonal of z-space refines whole slabs: in 3-D a two-bump density at tight
+tolerances hits the node cap. Past it, grid sources in 2-D and 3-D take a
+tree of panels (:mod:`gridpde.attention.tree`: leaves refined locally, the
+same check, warm starts and adjoint); past the tree's caps, and for token
+sources, the call falls back to the exact kernel and says so.
 
 Warm starts. The stages of one layer share the z-box (same targets, same
 heads), so a call given the previous stage's :class:`Layout` starts from
@@ -64,16 +66,16 @@ d e_k / d y_k = z e_k in the transposed node sums (the factors are
 recomputed there, not kept). A node whose factorised sum underflows makes
 the call use the direct kernel.
 
-Measured here (one thread, 2026-12-03, scripts/bench_table.py, faces of a
-2-D 256^2 grid, 16 heads, O(1) scores; exact kernel ~3 us per pair): the
-whole call is 92-196x faster than the exact kernel on a Gaussian and
-68-168x on two well-separated bumps for tol 1e-4 .. 1e-12, with true errors
-8-400x below tol; the evaluation alone is 89-249x faster. The per-pair
+Measured here (one thread, 2026-12-04, 2 cores shared with a study,
+scripts/bench_table.py, faces of a 2-D 256^2 grid, 16 heads, O(1) scores):
+the whole call is 130-203x faster than the exact kernel on a Gaussian and
+72-125x on two well-separated bumps for tol 1e-4 .. 1e-12, with true errors
+8-400x below tol; the evaluation alone is 98-248x faster. The per-pair
 interpolation ((q+1)^d d multiply-adds, ~20 ns a pair here at q = 7 in 2-D)
-bounds the speed-up; the build and check take about as long again. 3-D
-64^3 with 8 heads: 135-338x for tol 1e-6 .. 1e-4 on the Gaussian (two
-bumps: too large). The VJP costs about 2 forward calls (2-D 128^2, 8 heads, tol 1e-10: 56 ms against 27 ms per
-call, build and check included; its kernel alone is ~8 interpolation passes).
+bounds the speed-up. 3-D 64^3 with 8 heads: 176-327x for tol 1e-6 .. 1e-4
+on the Gaussian, 117-164x on two bumps (a tree). The VJP costs 2.25
+forward calls (2.6 evaluations): per pair it adds the coefficient
+cotangents and the interpolant's derivative to the forward's work.
 """
 
 from __future__ import annotations

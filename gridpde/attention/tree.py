@@ -16,9 +16,14 @@ last source axis, is one matrix product for all leaves of a batch. Only new
 leaves are computed when the tree is refined. A target's leaf is found by
 one look-up in a uniform grid of bins at the finest level per axis.
 
-Status: the build, the evaluation kernel and the a posteriori check exist
-and are tested against exact sums (:func:`tree_velocity`); the VJP and the
-use by the grid solver (where the tensor table is too large) do not yet.
+:func:`gridpde.attention.table.table_velocity` takes a tree where its tensor
+table is too large (grid sources; :func:`fit_tree` is the check and the
+rounds); :func:`tree_velocity` builds one directly. The VJP
+(:func:`evaluate_tree_vjp`) is the tensor table's, with the shared
+contractions transposed. Measured (one thread, 2 shared cores): on 64^3
+cells, 8 heads, two bumps apart along (1, 1, 1), tol 1e-6: 4182 leaves,
+100x the exact kernel, true error 2.4e-7; the VJP costs 2.8 calls.
+Not yet: token sources (the particle method keeps the tensor table).
 """
 
 from __future__ import annotations
