@@ -94,10 +94,9 @@ def _tree_forward(targets, Bc, Vc, base, lo, binv, nb, grid, cen, rh, n0, n1, n2
     nc = coef.shape[1]
     nchunks = (T + CHUNK - 1) // CHUNK
     for ch in prange(nchunks):
-        Ts = np.ones((3, max(n0, n1, n2)))
-        T0 = Ts[0, :n0]
-        T1 = Ts[1, :n1]
-        T2 = Ts[2, :n2]
+        T0 = np.ones(n0)
+        T1 = np.ones(n1)
+        T2 = np.ones(n2)
         u = np.zeros(3)
         for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
             v0 = base[0]
@@ -610,7 +609,7 @@ def evaluate_tree_vjp(tree, targets, B, V, ubar):
     Fb = np.where(good[..., None], Fbar, 0.0)
     S0bar = -np.sum(Fb * tree.m, axis=-1) / safe
     Sbar = {a: Fb[..., c] / safe for c, a in enumerate(axes)}
-    cen, half = tree.cen, 1.0 / tree.rh
+    cen, half = _leaf_boxes(tree.level, tree.index, *tree.box)  # as built (not 1 / rh: the same bits)
     plan = _Plan(tree.axes, cen, half, q, tree.ys, tree.w.shape)
     wbar = _leaf_sums_transpose(plan, S0bar, Sbar)
     if tree.bad.any():
@@ -630,7 +629,7 @@ def refit_tree(tree, w):
     q = tree.degree
     d = tree.d
     p = [q + 1 if a in tree.axes else 1 for a in range(3)]
-    Fv, S0, mv, bad = _leaf_values(w, tree.ys, tree.h, tree.axes, tree.cen, 1.0 / tree.rh, q)
+    Fv, S0, mv, bad = _leaf_values(w, tree.ys, tree.h, tree.axes, *_leaf_boxes(tree.level, tree.index, *tree.box), q)
     coef = _coefficients(Fv.reshape(tree.leaves, p[0], 1, p[1], 1, p[2], d), _dct_matrix(q))
     return replace(tree, coef=coef, w=w, S0=S0, m=mv, bad=bad)
 

@@ -270,8 +270,9 @@ def training_flow_time(dim, method, lrs, explicit_lr, tol=0.05) -> Callable[[], 
 def table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable[[], Iterator[Check]]:
     """The attention table against exact sums: face velocities within ``tol`` on the validation
     families (a Gaussian and two separated bumps, 8 random heads of entry scale ``scale``: the table
-    must serve them), the bumps under 4x stronger tilts (where the panels must adapt: the table, or
-    a fallback to exact sums that the run states), and the Gaussian problem's errors at s = 1 unchanged."""
+    must serve them; in 3-D the bumps take a tree of panels), the bumps under 4x stronger tilts (where
+    the panels must adapt: the table, or a fallback to exact sums that the run states), and the Gaussian
+    problem's errors at s = 1 unchanged."""
     from gridpde.grid.forward import GridForward
     from gridpde.heads import Heads
     from gridpde.prompts import MixturePrompt
@@ -290,7 +291,8 @@ def table_accuracy(dim: int, n: int, tol: float, scale: float = 0.7) -> Callable
             solver = GridForward(grid, h.B, h.V, attention="table", attention_tol=tol)
             table, tab = solver.face_velocity(rho, 0)
             err = max(np.abs(a - b).max() for a, b in zip(exact, table)) / max(np.abs(a).max() for a in exact)
-            how = "table" if tab is not None else f"exact fallback ({solver.stats.fallback_reason})"
+            kind = "tree of panels" if solver.stats.trees else "table"
+            how = kind if tab is not None else f"exact fallback ({solver.stats.fallback_reason})"
             ok = err <= tol and (tab is not None or not must)
             yield Check(f"table-{dim}d: velocity error, {label}", err,
                         f"<= {tol:g}" + (", table" if must else ""), ok,
