@@ -140,6 +140,10 @@ class AttentionStats:
                 "attention_tree_calls": self.trees}
 
 
+#: a tree of panels may hold this many times ``max_nodes``: its nodes are cheaper than the tensor table's
+#: (no slabs), and the validation's 3-D two bumps at 1e-6 need 2.9e6 (about 160 MB with the node values kept)
+TREE_NODES = 4
+
 #: targets whose z (for every head) mark where a tree table is refined (denser than the tensor table's 2048:
 #: leaves are local, and a sparser sample left leaves that targets use unrefined, seen 1e-4 against tol 1e-6)
 TREE_SAMPLE = 8192
@@ -1336,8 +1340,8 @@ def _driver(targets, w, ys, h, B, V, out, exact_kernel, tokens, tol, degree, n_c
 
         zdense = np.concatenate([np.einsum("jab,tb->jta", B, targets[:: max(1, T // TREE_SAMPLE)]).reshape(-1, 3),
                                  Zs])  # fmt: skip
-        res = fit_tree(w, ys, h, zlo, zhi, q, zdense, Zs, F_exact, tsample, B, V, tol, max_nodes, max_rounds,
-                       leaves)  # fmt: skip
+        res = fit_tree(w, ys, h, zlo, zhi, q, zdense, Zs, F_exact, tsample, B, V, tol, TREE_NODES * max_nodes,
+                       max_rounds, leaves)  # fmt: skip
         info["rounds"] += res["rounds"]
         if res["tree"] is None:
             return exact(f"{reason}; {res['reason']}")
