@@ -60,7 +60,22 @@ def test_table_adjoint_is_the_transpose_of_the_table_forward():
     assert abs(fd - np.sum(lam0 * drho)) <= 1e-6 * abs(fd)
 
 
-def test_table_gradient_passes_gradcheck_and_matches_the_exact_gradient():
+@pytest.fixture
+def trees(monkeypatch):
+    """Every tensor table is too large: the table method takes a tree of panels at every stage."""
+    import gridpde.attention.table as tb
+
+    def too_large(*args, **kwargs):
+        raise tb.TableTooLarge("forced")
+
+    monkeypatch.setattr(tb, "build_table", too_large)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "tree"])
+def test_table_gradient_passes_gradcheck_and_matches_the_exact_gradient(kind, request):
+    """On the tensor table, and on trees (every tensor table forced too large)."""
+    if kind == "tree":
+        request.getfixturevalue("trees")
     table = Problem(_case("table"))
     exact = Problem(_case("exact"))
     heads = table.case.heads
@@ -126,17 +141,6 @@ def test_a_fallback_is_passed_on_so_the_next_stage_takes_exact_sums_at_once():
     assert again["method"] == "table" and again["warm"] and np.abs(out - exact).max() <= 1e-8 * np.abs(exact).max()
 
 
-@pytest.fixture
-def trees(monkeypatch):
-    """Every tensor table is too large: the table method takes a tree of panels at every stage."""
-    import gridpde.attention.table as tb
-
-    def too_large(*args, **kwargs):
-        raise tb.TableTooLarge("forced")
-
-    monkeypatch.setattr(tb, "build_table", too_large)
-
-
 @pytest.mark.parametrize("dim", [2, 3])
 def test_with_trees_the_adjoint_is_the_transpose_and_recomputes_bit_for_bit(dim, trees):
     """Every stage on a tree: the adjoint of the whole solve against central differences (to 1e-9: the
@@ -164,18 +168,3 @@ def test_with_trees_the_adjoint_is_the_transpose_and_recomputes_bit_for_bit(dim,
     down = solver.solve(rho - eps * drho, 0.0, 1.0, schedule=[n_steps])[0]
     fd = np.sum(lam * (up - down)) / (2 * eps)
     assert abs(fd - np.sum(lam0 * drho)) <= 1e-9 * abs(fd)
-
-
-def test_with_trees_the_gradient_passes_gradcheck_and_matches_the_exact_gradient(trees):
-    table = Problem(_case("table"))
-    exact = Problem(_case("exact"))
-    heads = table.case.heads
-    risk, checks, taylor = gradient_checks(table, heads, eps=1e-5)
-    for c in checks:
-        assert c.rel_error <= 1e-5, (c.block, c.adjoint, c.finite_difference)
-    assert 1.8 <= taylor.slope <= 2.2, taylor.remainder
-    g_table = table.risk_and_grad(heads)
-    g_exact = exact.risk_and_grad(heads)
-    assert abs(g_table.risk - g_exact.risk) <= 1e-8 * g_exact.risk
-    diff = np.linalg.norm(g_table.grad.flat() - g_exact.grad.flat()) / np.linalg.norm(g_exact.grad.flat())
-    assert diff <= 1e-6, diff

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import gridpde._numba as gnumba
 from gridpde.attention import table as tb
 from gridpde.attention import tree as tr
 from gridpde.attention.tensor import tensor_velocity
@@ -49,14 +48,8 @@ def _rel(a, b):
     return np.abs(a - b).max() / np.abs(b).max()
 
 
-@pytest.fixture(params=[0, 10**12], ids=["parallel", "serial"])
-def build(request, monkeypatch):
-    monkeypatch.setattr(gnumba, "SERIAL_BELOW", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("kind", ["gauss", "bumps"])
-def test_the_tree_meets_its_tolerance_in_3d(kind, build):
+def test_the_tree_meets_its_tolerance_in_3d(kind, kernel_build):
     """Every face of a 16^3 grid, 8 heads: the tree's velocity is within tol of exact sums, and its own
     a posteriori estimate is within tol too."""
     targets, w, ys, B, V, h = _faces_problem(3, 16, 8, kind)
@@ -137,7 +130,7 @@ def test_strong_tilts_fall_back_to_exact_sums_and_say_why():
 
 
 @pytest.mark.parametrize("dim,forced", [(2, False), (3, False), (2, True)], ids=["2d", "3d", "2d-underflow"])
-def test_the_vjp_is_the_transpose_of_the_frozen_forward(dim, forced, build, monkeypatch):
+def test_the_vjp_is_the_transpose_of_the_frozen_forward(dim, forced, kernel_build, monkeypatch):
     """<ubar, J delta> by central differences of the tree on its frozen leaves (w through refit_tree, B and V
     through evaluate_tree) equals <VJP(ubar), delta>, in w, B and V, serial and parallel; with the
     underflow threshold forced up, through the exact kernel's VJP at those nodes as well."""

@@ -1078,6 +1078,16 @@ def evaluate(table, targets, B, V, out):
     return out
 
 
+def _sum_cotangents(table, Fbar):
+    """Cotangents (S0_bar, {a: S_a_bar}) of the node sums from those of F = S_a / S0 - g (0 at nodes by the
+    exact kernel, whose cotangent goes back through its own VJP)."""
+    good = ~table.bad
+    safe = np.where(good, table.S0, 1.0)
+    Fb = np.where(good[..., None], Fbar, 0.0)
+    S0bar = -np.sum(Fb * table.m, axis=-1) / safe
+    return S0bar, {a: Fb[..., c] / safe for c, a in enumerate(table.axes)}
+
+
 def _nodes_to_sources(table, Fbar):
     """Source cotangents from cotangents Fbar of the node values F (source-padded node shape + (nc,)).
 
@@ -1085,11 +1095,7 @@ def _nodes_to_sources(table, Fbar):
     """
     w = table.w
     axes = table.axes
-    good = ~table.bad
-    safe = np.where(good, table.S0, 1.0)
-    Fb = np.where(good[..., None], Fbar, 0.0)
-    S0bar = -np.sum(Fb * table.m, axis=-1) / safe
-    Sbar = {a: Fb[..., c] / safe for c, a in enumerate(axes)}
+    S0bar, Sbar = _sum_cotangents(table, Fbar)
     if table.tokens:
         if table.bad.any():
             raise ValueError("no token-source VJP at nodes whose factorised sums underflow")
@@ -1121,9 +1127,8 @@ def _coef_to_nodes(table, cbar):
     return Fb.reshape(table.S0.shape + (d,))
 
 
-def _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum):
-    """(w_bar, B_bar, V_bar) from the kernel's per-target sums (w_bar: the sources' cotangent)."""
-    M = B.shape[0]
+def _head_cotangents(table, M, ubar, Bcbar, Fsum):
+    """(B_bar, V_bar) (M, 3, 3) from a backward kernel's sums over the parts (table axes last, padded)."""
     d = table.d
     axes = list(table.axes)
     Bbar = np.zeros((M, 3, 3))
@@ -1134,7 +1139,13 @@ def _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum):
     inactive = [a for a in range(3) if a not in axes]
     if inactive:
         Vbar[:, :, inactive] += (ubar.sum(axis=0)[:, None] * table.const[inactive][None, :])[None] / M
-    if d:
+    return Bbar, Vbar
+
+
+def _assemble_vjp(table, B, V, ubar, cbar, Bcbar, Fsum):
+    """(w_bar, B_bar, V_bar) from the kernel's per-target sums (w_bar: the sources' cotangent)."""
+    Bbar, Vbar = _head_cotangents(table, B.shape[0], ubar, Bcbar, Fsum)
+    if table.d:
         wbar = _nodes_to_sources(table, _coef_to_nodes(table, cbar))
     else:
         wbar = np.zeros((table.w.shape[0], 3)) if table.tokens else np.zeros_like(table.w)
@@ -1176,15 +1187,22 @@ def _vjp(table, targets, B, V, ubar):
     B = np.asarray(B, dtype=float)
     M = B.shape[0]
     Bc, Vc, _ = _kernel_args(table, B, V)
-    d = table.d
+    sums = _backward_sums(_table_backward if table.d else None, table, targets, Bc, Vc, ubar)
+    return _assemble_vjp(table, B, V, ubar, *sums[:3]) + (sums[3],)
+
+
+def _backward_sums(backward, table, targets, Bc, Vc, ubar):
+    """(cbar, Bcbar, Fsum, xbar) of a backward kernel (None: nothing tabulated), summed over its PARTS
+    private copies (fixed, so results do not depend on threads)."""
+    M = Bc.shape[0]
     parts = max(1, min(PARTS, (targets.shape[0] + CHUNK - 1) // CHUNK))
     cbar = np.zeros((parts,) + table.coef.shape)
     Bcbar = np.zeros((parts, M, 3, 3))
-    Fsum = np.zeros((parts, M, 3, d))
+    Fsum = np.zeros((parts, M, 3, table.d))
     xbar = np.zeros((targets.shape[0], 3))
-    if d:
-        _table_backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, cbar, Bcbar, Fsum, xbar)
-    return _assemble_vjp(table, B, V, ubar, cbar.sum(axis=0), Bcbar.sum(axis=0), Fsum.sum(axis=0)) + (xbar,)
+    if backward is not None:
+        backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, cbar, Bcbar, Fsum, xbar)
+    return cbar.sum(axis=0), Bcbar.sum(axis=0), Fsum.sum(axis=0), xbar
 
 
 # ------------------------------------------------------------------ driver

@@ -35,9 +35,10 @@ from numba import prange
 from scipy.ndimage import binary_dilation
 
 from gridpde._numba import inline, kernel
-from gridpde.attention.table import (CLAMP, MAX_NODES, PARTS, WARM_SLACK, TableTooLarge, _cheb, _cheb_d, _cheb_points,
-                                     _coefficients, _dct_matrix, _g, _interp, _pair_cotangents, _spectral_norms,
-                                     _stabilised_factors, _zrange, default_degree)
+from gridpde.attention.table import (CLAMP, MAX_NODES, WARM_SLACK, TableTooLarge, _backward_sums, _cheb, _cheb_d,
+                                     _cheb_points, _coefficients, _dct_matrix, _g, _head_cotangents, _interp,
+                                     _kernel_args, _pair_cotangents, _spectral_norms, _stabilised_factors,
+                                     _sum_cotangents, default_degree)
 from gridpde.attention.tensor import CHUNK, UNDERFLOW, tensor_velocity
 from gridpde.attention.tensor_vjp import tensor_velocity_vjp
 
@@ -552,20 +553,6 @@ def evaluate_tree(tree, targets, B, V, out):
     return out
 
 
-def _kernel_args(tree, B, V):
-    """(Bc, Vc, base) for the kernels (the table axes are the source axes here)."""
-    B = np.asarray(B, dtype=float)
-    V = np.asarray(V, dtype=float)
-    M = B.shape[0]
-    axes = list(tree.axes)
-    Bc = np.zeros((M, 3, 3))
-    Bc[:, axes, :] = B[:, axes, :]
-    Vc = np.ascontiguousarray(V[:, :, axes] / M)
-    inactive = [a for a in range(3) if a not in axes]
-    base = V[:, :, inactive].sum(axis=0) @ tree.const[inactive] / M if inactive else np.zeros(3)
-    return Bc, Vc, np.ascontiguousarray(base, dtype=float)
-
-
 def evaluate_tree_vjp(tree, targets, B, V, ubar):
     """(w_bar, B_bar, V_bar): the exact transpose of :func:`evaluate_tree` with the leaves frozen.
 
@@ -577,38 +564,22 @@ def evaluate_tree_vjp(tree, targets, B, V, ubar):
     targets = np.ascontiguousarray(targets, dtype=float)
     ubar = np.ascontiguousarray(ubar, dtype=float)
     B = np.asarray(B, dtype=float)
-    M = B.shape[0]
     d = tree.d
     axes = list(tree.axes)
     Bc, Vc, _ = _kernel_args(tree, B, V)
-    parts = max(1, min(PARTS, (targets.shape[0] + CHUNK - 1) // CHUNK))
-    cbar = np.zeros((parts,) + tree.coef.shape)
-    Bcbar = np.zeros((parts, M, 3, 3))
-    Fsum = np.zeros((parts, M, 3, d))
-    xbar = np.zeros((targets.shape[0], 3))
-    _tree_backward(targets, Bc, Vc, *tree.lookup, tree.coef, ubar, cbar, Bcbar, Fsum, xbar)
-    Bbar = np.zeros((M, 3, 3))
-    Bbar[:, axes, :] = Bcbar.sum(axis=0)[:, axes, :]
-    Vbar = np.zeros((M, 3, 3))
-    Vbar[:, :, axes] = Fsum.sum(axis=0) / M
-    inactive = [a for a in range(3) if a not in axes]
-    if inactive:
-        Vbar[:, :, inactive] += (ubar.sum(axis=0)[:, None] * tree.const[inactive][None, :])[None] / M
+    cbar, Bcbar, Fsum, _ = _backward_sums(_tree_backward, tree, targets, Bc, Vc, ubar)
+    Bbar, Vbar = _head_cotangents(tree, B.shape[0], ubar, Bcbar, Fsum)
     # coefficients -> node values: the transpose of the per-axis DCT
     q = tree.degree
     p = [q + 1 if a in axes else 1 for a in range(3)]
     D = _dct_matrix(q)
-    X = cbar.sum(axis=0).reshape(tree.leaves, d, p[0], p[1], p[2])
+    X = cbar.reshape(tree.leaves, d, p[0], p[1], p[2])
     for k in range(3):
         if p[k] > 1:
             X = np.moveaxis(np.tensordot(X, D, axes=([2 + k], [0])), -1, 2 + k)
     Fbar = np.moveaxis(X, 1, -1)  # (P, p0, p1, p2, d)
     # node values -> sums -> sources
-    good = ~tree.bad
-    safe = np.where(good, tree.S0, 1.0)
-    Fb = np.where(good[..., None], Fbar, 0.0)
-    S0bar = -np.sum(Fb * tree.m, axis=-1) / safe
-    Sbar = {a: Fb[..., c] / safe for c, a in enumerate(axes)}
+    S0bar, Sbar = _sum_cotangents(tree, Fbar)
     cen, half = _leaf_boxes(tree.level, tree.index, *tree.box)  # as built (not 1 / rh: the same bits)
     plan = _Plan(tree.axes, cen, half, q, tree.ys, tree.w.shape)
     wbar = _leaf_sums_transpose(plan, S0bar, Sbar)
