@@ -10,7 +10,9 @@
 Every run writes one HDF5 file under OUT/<study>/ and is skipped when that
 file exists, so a study interrupted (or cut by ``timeout``) resumes where it
 stopped; the tables and figures (OUT/<study>.png) are made from the files.
-The step sizes and flow times are those of the issue's closing notes.
+The step sizes and flow times are those of the issue's closing notes. A minima
+stall left unclassified (more parameters than --hessian-max) is classified by a
+later call with a larger --hessian-max, from the heads its file holds.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gridpde.heads import Heads  # noqa: E402
+from gridpde.heads import HEAD_ARRAYS, Heads  # noqa: E402
 from gridpde.objective.problem import Problem  # noqa: E402
 from gridpde.validation import finite_studies as fs  # noqa: E402
 
@@ -110,9 +112,10 @@ def minima(out: Path, args) -> None:
     for M in _ints(args.widths):
         for seed in range(args.seeds):
             path = folder / f"{args.dim}d_{args.method}_M{M}_s{seed}.h5"
-            if path.exists():
-                continue
             case = fs.family_case(args.dim, args.method, 2, M, 1000 + seed, tokens=args.tokens)
+            if path.exists():
+                _classify_later(path, case, args)
+                continue
             t0 = time.perf_counter()
             try:
                 run = fs.spurious_run(case, time_limit=args.time_limit, steps=args.steps)
@@ -128,9 +131,7 @@ def minima(out: Path, args) -> None:
             attrs.update(collapsed_pairs=pairs, dead_heads=dead)
             n = run.heads.flat().size
             if not run.reached and n <= args.hessian_max:
-                st = fs.classify(Problem(case, args.method), run.heads)
-                attrs.update(kind=st.kind, lam_min=st.lam_min, lam_max=st.lam_max, resolution=st.resolution,
-                             predicted_drop=st.predicted_drop, grad_norm=st.grad_norm)
+                attrs.update(_stall_attrs(case, args.method, run.heads))
             elif not run.reached:
                 attrs.update(kind="unclassified")
             else:
@@ -141,6 +142,30 @@ def minima(out: Path, args) -> None:
                   f"W_c(teacher) {run.w_teacher:.3f} collapsed {pairs} dead {dead} ({attrs['seconds']:.1f} s)",
                   flush=True)
     minima_table(out)
+
+
+def _stall_attrs(case, method: str, heads: Heads) -> dict:
+    st = fs.classify(Problem(case, method), heads)
+    return dict(kind=st.kind, lam_min=st.lam_min, lam_max=st.lam_max, resolution=st.resolution,
+                predicted_drop=st.predicted_drop, grad_norm=st.grad_norm)
+
+
+def _classify_later(path: Path, case, args) -> None:
+    """A stall left "unclassified" (more entries than --hessian-max had) is classified when a
+    later call allows it: the run is not repeated, its end heads are read back."""
+    with h5py.File(path) as f:
+        attrs = dict(f.attrs)
+        if attrs.get("kind") != "unclassified":
+            return
+        heads = Heads(*(f["heads"][k][()] for k in HEAD_ARRAYS), case.heads.scale_scores)
+    if heads.flat().size > args.hessian_max:
+        return
+    t0 = time.perf_counter()
+    attrs.update(_stall_attrs(case, args.method, heads))
+    attrs["classify_seconds"] = time.perf_counter() - t0
+    _write(path, _heads_data("heads", heads), attrs)
+    print(f"M {int(attrs['M']):3d} seed {int(attrs['seed']) - 1000:2d}: R/R0 {attrs['risk'] / attrs['risk0']:.2e} "
+          f"{attrs['kind']:>12} (classified now, {attrs['classify_seconds']:.1f} s)", flush=True)
 
 
 def _minima_figure(out: Path, rows: dict) -> None:

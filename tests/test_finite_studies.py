@@ -69,3 +69,32 @@ def test_driver_writes_results_and_resumes(tmp_path, capsys):
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert "seed" not in capsys.readouterr().out.split("spurious minima")[0]  # nothing rerun
     assert (tmp_path / "minima.png").exists()
+
+
+def test_driver_classifies_stalls_left_unclassified_on_a_later_call(tmp_path, capsys):
+    """A stall with more entries than --hessian-max is "unclassified"; a later call with a larger
+    --hessian-max classifies it from the stored heads, without training it again."""
+    import importlib.util
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "finite_study.py"
+    spec = importlib.util.spec_from_file_location("finite_study", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    argv = [str(tmp_path), "minima", "--widths", "1", "--seeds", "1", "--tokens", "24", "--steps", "2"]
+    driver.main(argv + ["--hessian-max", "0"])
+    (file,) = (tmp_path / "minima").glob("*.h5")
+    with h5py.File(file) as f:
+        before = dict(f.attrs)
+        heads = {k: f["heads"][k][()] for k in ("Q", "K", "V")}
+    assert before["kind"] == "unclassified" and "lam_min" not in before  # 2 steps do not reach 1e-6 R0
+    capsys.readouterr()
+    driver.main(argv + ["--hessian-max", "200"])
+    assert "classified now" in capsys.readouterr().out
+    with h5py.File(file) as f:
+        after = dict(f.attrs)
+        assert all(np.array_equal(f["heads"][k][()], heads[k]) for k in heads)
+    assert after["kind"] in ("minimum", "saddle", "moving") and np.isfinite(after["lam_min"])
+    assert {k: after[k] for k in before if k != "kind"} == {k: v for k, v in before.items() if k != "kind"}
