@@ -34,9 +34,12 @@ from gridpde.grid.transport import POSITIVITY_LIMIT, Transport
 SSP_COEFFS = {"euler": (0.0,), "ssprk2": (0.0, 0.5), "ssprk3": (0.0, 0.75, 1.0 / 3.0)}
 
 
-#: attention = "auto" takes the table from this many cells on (smaller grids: exact sums,
-#: where the table's build and check cost more than they save)
-AUTO_TABLE_CELLS = 4096
+#: attention = "auto" takes the table from this many cells on, per dimension (smaller grids:
+#: exact sums, where the table's build and check cost more than they save). In 3-D a coarse
+#: grid's cell masses make m(z) hard to tabulate: at 16^3 the table (a tree there) was 3-50x
+#: slower than exact sums per stage, at 24^3 0.4-4x, at 32^3 1.2-10x faster (tol 1e-6,
+#: 2 and 8 heads; python scripts/bench_auto.py).
+AUTO_TABLE_CELLS = {1: 4096, 2: 4096, 3: 32**3}
 
 
 class StepLimit(RunError):
@@ -122,7 +125,7 @@ class GridForward:
         attention: "exact" (tensor sums), "table" (one interpolation table of
             the tilted mean per stage, error-controlled, see
             :mod:`gridpde.attention.table`) or "auto" (the table from
-            ``AUTO_TABLE_CELLS`` cells on).
+            ``AUTO_TABLE_CELLS[dim]`` cells on: 4096 in 1-D and 2-D, 32^3 in 3-D).
         attention_tol: the table's relative error bound on the velocity.
     """
 
@@ -158,7 +161,7 @@ class GridForward:
         self.face_shapes = [grid.face_shape(a) for a in range(d)]
         self._vel = np.empty((self.targets.shape[0], 3))
         self._lse = np.empty((self.B.shape[1], self.targets.shape[0]))
-        self.use_table = attention == "table" or (attention == "auto" and int(np.prod(grid.shape)) >= AUTO_TABLE_CELLS)
+        self.use_table = attention == "table" or (attention == "auto" and int(np.prod(grid.shape)) >= AUTO_TABLE_CELLS[d])
         self.attention_tol = attention_tol
         self.max_steps = max_steps
         self.stats = AttentionStats()
