@@ -147,7 +147,16 @@ def minima(out: Path, args) -> None:
 def _stall_attrs(case, method: str, heads: Heads) -> dict:
     st = fs.classify(Problem(case, method), heads)
     return dict(kind=st.kind, lam_min=st.lam_min, lam_max=st.lam_max, resolution=st.resolution,
-                predicted_drop=st.predicted_drop, grad_norm=st.grad_norm)
+                predicted_drop=st.predicted_drop, grad_norm=st.grad_norm, asymmetry=st.asymmetry)
+
+
+def _kind(a: dict) -> str:
+    """A run's kind by today's rule (files written before "unresolved" existed are re-read by it:
+    their asymmetry is resolution / max |lam|)."""
+    if "lam_min" not in a:
+        return a["kind"]
+    asym = a.get("asymmetry", a["resolution"] / max(abs(a["lam_min"]), abs(a["lam_max"]), 1e-300))
+    return fs.stall_kind(a["lam_min"], a["resolution"], asym, a["predicted_drop"])
 
 
 def _classify_later(path: Path, case, args) -> None:
@@ -195,12 +204,13 @@ def minima_table(out: Path) -> None:
             key = path.name.split("_M")[0]
             rows.setdefault((key, int(a["M"])), []).append({"kind": "failed"})
             continue
+        a["kind"] = _kind(a)
         rows.setdefault((f"{a['dim']}d_{a['method']}", int(a["M"])), []).append(a)
     for family in sorted({k[0] for k in rows}):
         print(f"\nspurious minima, {family}: teacher 2 x 2 (scale 0.8, seed 11), students 2 x M "
               "(scale 0.5, seeds 1000+), implicit flow lr = 1e6 until R <= 1e-6 R0")
         print(f"{'M':>4} {'runs':>5} {'reached':>8} {'stalled':>8} {'minimum':>8} {'saddle':>7} {'moving':>7} "
-              f"{'uncl.':>6} {'fail':>5} {'<=1e-5':>6} {'>1e-3':>6} {'R/R0 stalls (median, max)':>26} {'W_c teacher':>12} {'collapsed':>9} "
+              f"{'unres.':>6} {'uncl.':>6} {'fail':>5} {'<=1e-5':>6} {'>1e-3':>6} {'R/R0 stalls (median, max)':>26} {'W_c teacher':>12} {'collapsed':>9} "
               f"{'dead':>5}")
         for (fam, M), rs in sorted(rows.items()):
             if fam != family:
@@ -213,7 +223,8 @@ def minima_table(out: Path) -> None:
             coll = sum(int(r.get("collapsed_pairs", 0)) for r in stalls)
             dead = sum(int(r.get("dead_heads", 0)) for r in stalls)
             print(f"{M:4d} {len(rs):5d} {kinds.count('reached'):8d} {len(stalls):8d} {kinds.count('minimum'):8d} "
-                  f"{kinds.count('saddle'):7d} {kinds.count('moving'):7d} {kinds.count('unclassified'):6d} "
+                  f"{kinds.count('saddle'):7d} {kinds.count('moving'):7d} {kinds.count('unresolved'):6d} "
+                  f"{kinds.count('unclassified'):6d} "
                   f"{kinds.count('failed'):5d} {kinds.count('reached') + sum(x <= 1e-5 for x in ratios):6d} {sum(x > 1e-3 for x in ratios):6d} {med:>26} {w:12.3f} {coll:9d} {dead:5d}")
     _minima_figure(out, rows)
 

@@ -35,6 +35,32 @@ def test_classify_teacher_is_a_minimum_and_a_random_start_moves():
     assert start.kind == "moving" and start.predicted_drop > 0.5
 
 
+def test_classify_calls_a_kinked_minimum_unresolved():
+    """A difference Hessian across a kink is not symmetric: R = 1/2 |x|^2 + 50 |x_0 + x_1 / 2| at its
+    minimum x = 0 gives columns 0 and 1 the same jump (the gradient jumps along the kink's normal),
+    a symmetric part with a negative eigenvalue hidden in the asymmetry. The old rule called it a
+    minimum; "unresolved" says the curvature test does not apply. Without the kink: a minimum."""
+    from types import SimpleNamespace
+
+    heads = Heads(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)))
+    n = np.array([1.0, 0.5, 0.0])
+
+    def problem(kink):
+        def risk_and_grad(h):
+            x = h.flat()
+            g = x + kink * np.sign(n @ x) * n
+            return SimpleNamespace(risk=0.5 * x @ x + kink * abs(n @ x) + 1e-3, grad=h.with_flat(g))
+
+        return SimpleNamespace(risk_and_grad=risk_and_grad)
+
+    kinked = fs.classify(problem(50.0), heads)
+    assert kinked.kind == "unresolved" and kinked.asymmetry > fs.ASYMMETRY_MAX, kinked
+    assert -kinked.resolution <= kinked.lam_min < 0.0  # the negative eigenvalue is within the asymmetry
+    smooth = fs.classify(problem(0.0), heads)
+    assert smooth.kind == "minimum" and smooth.asymmetry < 1e-12 and smooth.lam_min > 0.0, smooth
+    assert fs.stall_kind(-1.0, 0.5, 1e-8, 0.0) == "saddle" and fs.stall_kind(1.0, 0.5, 1e-8, 0.9) == "moving"
+
+
 def test_lcm_wasserstein():
     t = Heads.random(2, 2, 1, 1, 0.8, 11)
     dup = Heads(np.repeat(t.Q, 3, 1), np.repeat(t.K, 3, 1), np.repeat(t.V, 3, 1))

@@ -158,12 +158,29 @@ def fitted_slope(x, y) -> float:
 
 @dataclass
 class Stall:
-    kind: str  # "minimum", "saddle" or "moving"
+    kind: str  # "minimum", "saddle", "moving" or "unresolved" (see classify)
     lam_min: float  # smallest eigenvalue of L M Hess R
     lam_max: float
     resolution: float  # eigenvalues below this are difference-quotient noise
     predicted_drop: float  # saddle-free Newton decrease 1/2 g^T |H|^+ g on the resolved modes, / R
     grad_norm: float
+    asymmetry: float  # max |H - H^T| / max |H| of the difference Hessian
+
+
+#: a difference Hessian less symmetric than this (relative) is not a second derivative: the risk
+#: has a kink within eps (the grid's upwind fluxes switch); measured 5e-9..4e-5 where it is smooth
+#: (every particle and 1-head grid stall), 2e-4..1 at the 1-D grid's wider "minima"
+ASYMMETRY_MAX = 1e-4
+
+
+def stall_kind(lam_min: float, resolution: float, asymmetry: float, predicted_drop: float,
+               moving: float = 0.5) -> str:
+    """The kind of a stall from its Hessian's figures (see :func:`classify`)."""
+    if predicted_drop > moving:
+        return "moving"
+    if lam_min < -resolution:
+        return "saddle"
+    return "unresolved" if asymmetry > ASYMMETRY_MAX else "minimum"
 
 
 def hessian(problem: Problem, heads: Heads, eps: float = 1e-4) -> tuple[np.ndarray, np.ndarray, float]:
@@ -188,7 +205,9 @@ def classify(problem: Problem, heads: Heads, eps: float = 1e-4, moving: float = 
     on the resolved modes predicts a further decrease 1/2 sum_i (v_i . g)^2 / |lam_i|
     of more than this fraction of the risk (the gradient is not small on the
     curvature's scale). Otherwise a resolved negative eigenvalue is a saddle, and
-    none a minimum (up to the resolution).
+    none a minimum (up to the resolution), unless the difference Hessian is
+    less symmetric than ``ASYMMETRY_MAX``: then the risk is not twice
+    differentiable there on the scale eps, and the stall is "unresolved".
     """
     H, g, risk = hessian(problem, heads, eps)
     LM = heads.layers * heads.width
@@ -198,14 +217,9 @@ def classify(problem: Problem, heads: Heads, eps: float = 1e-4, moving: float = 
     live = np.abs(lam) > res
     c = vec[:, live].T @ g
     drop = 0.5 * float(np.sum(c**2 / np.abs(lam[live]))) / risk if risk > 0 else 0.0
-    lam_min = float(lam[0] * LM)
-    if drop > moving:
-        kind = "moving"
-    elif lam[0] < -res:
-        kind = "saddle"
-    else:
-        kind = "minimum"
-    return Stall(kind, lam_min, float(lam[-1] * LM), float(res * LM), drop, float(np.linalg.norm(g)))
+    kind = stall_kind(float(lam[0]), float(res), float(asym), drop, moving)
+    return Stall(kind, float(lam[0] * LM), float(lam[-1] * LM), float(res * LM), drop, float(np.linalg.norm(g)),
+                 float(asym))
 
 
 def head_shape(heads: Heads, collapse: float = 0.05, dead: float = 1e-2) -> tuple[int, int]:
