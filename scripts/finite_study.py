@@ -12,7 +12,9 @@ file exists, so a study interrupted (or cut by ``timeout``) resumes where it
 stopped; the tables and figures (OUT/<study>.png) are made from the files.
 The step sizes and flow times are those of the issue's closing notes. A minima
 stall left unclassified (more parameters than --hessian-max) is classified by a
-later call with a larger --hessian-max, from the heads its file holds.
+later call with a larger --hessian-max, from the heads its file holds; --extend S
+trains the runs that stopped on their time limit on from their end heads, to
+--time-limit + S seconds in all.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def minima(out: Path, args) -> None:
             path = folder / f"{args.dim}d_{args.method}_M{M}_s{seed}.h5"
             case = fs.family_case(args.dim, args.method, 2, M, 1000 + seed, tokens=args.tokens)
             if path.exists():
+                if args.extend > 0:
+                    _extend(path, case, args)
                 _classify_later(path, case, args)
                 continue
             t0 = time.perf_counter()
@@ -157,6 +161,41 @@ def _kind(a: dict) -> str:
         return a["kind"]
     asym = a.get("asymmetry", a["resolution"] / max(abs(a["lam_min"]), abs(a["lam_max"]), 1e-300))
     return fs.stall_kind(a["lam_min"], a["resolution"], asym, a["predicted_drop"])
+
+
+def _extend(path: Path, case, args) -> None:
+    """Train a run that stopped on its time limit on from its stored end heads (towards 1e-6 of its
+    first risk), up to ``--time-limit`` + ``--extend`` seconds in all; the file then holds the whole
+    run's figures. Idempotent: a run whose budget is already that large is left alone."""
+    budget = args.time_limit + args.extend
+    with h5py.File(path) as f:
+        a = dict(f.attrs)
+        if ("failed" in a or a["kind"] == "reached" or not str(a["message"]).startswith("time limit")
+                or float(a["time_limit"]) >= budget):
+            return
+        heads = Heads(*(f["heads"][k][()] for k in HEAD_ARRAYS), case.heads.scale_scores)
+    t0 = time.perf_counter()
+    extra = budget - float(a["time_limit"])
+    run = fs.spurious_run(case, start=heads, risk0=float(a["risk0"]), time_limit=extra,
+                          steps=max(int(a["max_steps"]) - int(a["steps"]), 1))
+    pairs, dead = fs.head_shape(run.heads)
+    a.update(risk=run.risk, steps=int(a["steps"]) + run.steps, evaluations=int(a["evaluations"]) + run.evaluations,
+             train_seconds=float(a["train_seconds"]) + run.seconds, message=run.message, reached=run.reached,
+             w_teacher=run.w_teacher, collapsed_pairs=pairs, dead_heads=dead,
+             time_limit=budget)
+    for k in ("lam_min", "lam_max", "resolution", "predicted_drop", "grad_norm", "asymmetry"):
+        a.pop(k, None)
+    if run.reached:
+        a["kind"] = "reached"
+    elif run.heads.flat().size <= args.hessian_max:
+        a.update(_stall_attrs(case, args.method, run.heads))
+    else:
+        a["kind"] = "unclassified"
+    a["seconds"] = float(a["seconds"]) + time.perf_counter() - t0
+    _write(path, _heads_data("heads", run.heads), a)
+    print(f"M {int(a['M']):3d} seed {int(a['seed']) - 1000:2d}: R/R0 {run.risk / a['risk0']:.2e} {a['kind']:>12} "
+          f"after {a['train_seconds']:.0f} s of training in all ({a['steps']} steps, budget {budget:g} s)",
+          flush=True)
 
 
 def _classify_later(path: Path, case, args) -> None:
@@ -473,6 +512,8 @@ def main(argv=None) -> None:
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds of training per run")
     ap.add_argument("--steps", type=int, default=20, help="implicit steps per run (minima)")
     ap.add_argument("--hessian-max", type=int, default=200, help="classify stalls with at most this many entries")
+    ap.add_argument("--extend", type=float, default=0.0,
+                    help="minima: train runs that stopped on --time-limit on, to this many seconds more in all")
     ap.add_argument("--ref-layers", type=int, default=64)
     ap.add_argument("--ref-width", type=int, default=128)
     args = ap.parse_args(argv)

@@ -124,3 +124,34 @@ def test_driver_classifies_stalls_left_unclassified_on_a_later_call(tmp_path, ca
         assert all(np.array_equal(f["heads"][k][()], heads[k]) for k in heads)
     assert after["kind"] in ("minimum", "saddle", "moving") and np.isfinite(after["lam_min"])
     assert {k: after[k] for k in before if k != "kind"} == {k: v for k, v in before.items() if k != "kind"}
+
+
+def test_driver_extends_runs_that_stopped_on_their_time_limit(tmp_path, capsys):
+    """--extend S trains a run that ended on --time-limit on from its stored heads, to time-limit + S
+    seconds in all, towards 1e-6 of its first risk; a second call with the same S changes nothing."""
+    import importlib.util
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "finite_study.py"
+    spec = importlib.util.spec_from_file_location("finite_study", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    argv = [str(tmp_path), "minima", "--widths", "2", "--seeds", "1", "--tokens", "24", "--time-limit", "0.01"]
+    driver.main(argv)
+    (file,) = (tmp_path / "minima").glob("*.h5")
+    with h5py.File(file) as f:
+        before = dict(f.attrs)
+    assert str(before["message"]).startswith("time limit") and before["kind"] != "reached"
+    driver.main(argv + ["--extend", "30"])
+    assert "budget 30.01 s" in capsys.readouterr().out
+    with h5py.File(file) as f:
+        after = dict(f.attrs)
+    assert after["time_limit"] == 30.01 and after["risk0"] == before["risk0"]
+    assert after["steps"] > before["steps"] and after["risk"] < before["risk"]
+    assert after["train_seconds"] > before["train_seconds"] and after["evaluations"] > before["evaluations"]
+    assert after["reached"] == (after["risk"] <= 1e-6 * after["risk0"])
+    stamp = file.stat().st_mtime_ns
+    driver.main(argv + ["--extend", "30"])
+    assert file.stat().st_mtime_ns == stamp

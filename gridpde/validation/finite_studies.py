@@ -252,12 +252,18 @@ class SpuriousRun:
     heads: Heads = field(repr=False)
 
 
-def spurious_run(case: Case, method: str | None = None, ratio: float = 1e-6, **train) -> SpuriousRun:
+def spurious_run(case: Case, method: str | None = None, ratio: float = 1e-6, start: Heads | None = None,
+                 risk0: float | None = None, **train) -> SpuriousRun:
     """Train the case's student with the implicit scheme at lr = 1e6 (the cases' [train]) until
-    the risk is ``ratio`` of the initial one, or a stop of ``train`` (steps, time_limit)."""
+    the risk is ``ratio`` of the initial one, or a stop of ``train`` (steps, time_limit).
+
+    ``start`` and ``risk0``: go on from where an earlier run stopped (its heads), towards
+    ``ratio`` of that run's initial risk ``risk0``.
+    """
     problem = Problem(case, method)
-    heads = case.heads
-    risk0 = problem.risk(heads).risk
+    heads = case.heads if start is None else start
+    if risk0 is None:
+        risk0 = problem.risk(heads).risk
     settings = {"scheme": "implicit", "lr": 1e6, "inner_steps": 100, "steps": 20, "checkpoint_every": 10**6,
                 **train}
     spec = replace(TrainSpec(), risk_tol=ratio * risk0, **settings)
