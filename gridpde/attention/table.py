@@ -332,6 +332,50 @@ def _interp_vjp(nc, W, W0, W1, W2, blk, cbl, cb0, cb1, cb2):
     return f0, f1, f2, g0, g1, g2
 
 
+@inline
+def _interp_vjp_rows(nc, n1, n2, T1, T2, D1, D2, blk, cbl, cb0, cb1):
+    """:func:`_interp_vjp` for tables with n0 = 1 (1-D and 2-D: nc <= 2), row by row like
+    :func:`_interp`: no weight arrays (15% faster than building them; measured on 128^2 tables).
+
+    Returns (F~_0, F~_1, g_1, g_2).
+    """
+    f0 = 0.0
+    f1 = 0.0
+    g1 = 0.0
+    g2 = 0.0
+    for i1 in range(n1):
+        a = T1[i1]
+        r = i1 * n2
+        h0 = 0.0
+        h1 = 0.0
+        hd = 0.0
+        if nc == 1:
+            ca0 = cb0 * a
+            for i2 in range(n2):
+                b0 = blk[0, r + i2]
+                h0 += T2[i2] * b0
+                hd += D2[i2] * b0
+                cbl[0, r + i2] += ca0 * T2[i2]
+            hd *= cb0
+        else:
+            ca0 = cb0 * a
+            ca1 = cb1 * a
+            for i2 in range(n2):
+                t = T2[i2]
+                b0 = blk[0, r + i2]
+                b1 = blk[1, r + i2]
+                h0 += t * b0
+                h1 += t * b1
+                hd += D2[i2] * (cb0 * b0 + cb1 * b1)
+                cbl[0, r + i2] += ca0 * t
+                cbl[1, r + i2] += ca1 * t
+        f0 += a * h0
+        f1 += a * h1
+        g1 += D1[i1] * (cb0 * h0 + cb1 * h1)
+        g2 += a * hd
+    return f0, f1, g1, g2
+
+
 @kernel(parallel=True)
 def _table_forward(targets, Bc, Vc, base, lo, binv, bins0, cen0, rh0, bins1, cen1, rh1, bins2, cen2, rh2,
                    n0, n1, n2, coef, out):  # fmt: skip
@@ -411,8 +455,13 @@ def _pair_cotangents(t, j, part, targets, ubar, Bc, Vc, T0, T1, T2, D0, D1, D2, 
     cb0 = Vc[j, 0, 0] * ub0 + Vc[j, 1, 0] * ub1 + Vc[j, 2, 0] * ub2
     cb1 = Vc[j, 0, 1] * ub0 + Vc[j, 1, 1] * ub1 + Vc[j, 2, 1] * ub2 if nc > 1 else 0.0
     cb2 = Vc[j, 0, 2] * ub0 + Vc[j, 1, 2] * ub1 + Vc[j, 2, 2] * ub2 if nc > 2 else 0.0
-    _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc)
-    f0, f1, f2, g0, g1, g2 = _interp_vjp(nc, W, W0, W1, W2, blk, cbl, cb0, cb1, cb2)
+    if n0 == 1 and nc <= 2:
+        f0, f1, g1, g2 = _interp_vjp_rows(nc, n1, n2, T1, T2, D1, D2, blk, cbl, cb0, cb1)
+        f2 = 0.0
+        g0 = 0.0
+    else:
+        _weights(n0, n1, n2, T0, T1, T2, D0, D1, D2, W, W0, W1, W2, nc)
+        f0, f1, f2, g0, g1, g2 = _interp_vjp(nc, W, W0, W1, W2, blk, cbl, cb0, cb1, cb2)
     for c in range(nc):
         f = f0 if c == 0 else (f1 if c == 1 else f2)
         Fsum[part, j, 0, c] += ub0 * f
@@ -434,7 +483,7 @@ def _pair_cotangents(t, j, part, targets, ubar, Bc, Vc, T0, T1, T2, D0, D1, D2, 
 
 @kernel(parallel=True)
 def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh1, bins2, cen2, rh2,
-                    n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum, xbar):  # fmt: skip
+                    n0, n1, n2, coef, ubar, skip, cbar, Bcbar, Fsum, xbar):  # fmt: skip
     """Per-part cotangents of :func:`_table_forward` (transpose of the frozen interpolation).
 
     With cb = Vc_j^T ubar_t (tabulated components) for target t and head j and
@@ -446,6 +495,7 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
     Args:
         targets ... coef: as for :func:`_table_forward`.
         ubar: (T, 3) cotangent of out.
+        skip: targets with |ubar_t|_1 <= skip are left out (see :data:`VJP_SKIP`).
         cbar: (parts, P, nc, L) zeroed.
         Bcbar: (parts, M, 3, 3) zeroed.
         Fsum: (parts, M, 3, nc) zeroed.
@@ -473,7 +523,7 @@ def _table_backward(targets, Bc, Vc, lo, binv, bins0, cen0, rh0, bins1, cen1, rh
                 ub0 = ubar[t, 0]
                 ub1 = ubar[t, 1]
                 ub2 = ubar[t, 2]
-                if ub0 == 0.0 and ub1 == 0.0 and ub2 == 0.0:
+                if abs(ub0) + abs(ub1) + abs(ub2) <= skip:
                     continue
                 x0 = targets[t, 0]
                 x1 = targets[t, 1]
@@ -1191,6 +1241,14 @@ def _vjp(table, targets, B, V, ubar):
     return _assemble_vjp(table, B, V, ubar, *sums[:3]) + (sums[3],)
 
 
+#: the backward kernels leave out the targets whose cotangent |ubar_t|_1 is at most this times
+#: the largest: each cotangent they sum changes by less than its own round-off (measured: at
+#: most 7e-17 of its largest entry, on the tables of a 128^2 gradient pass), and the kernel
+#: runs 1.3-1.6x faster there, where 28-41% of the faces carry cotangents below 1e-16 of the
+#: largest (faces far from the density, where the adjoint is tiny).
+VJP_SKIP = 2.0**-56
+
+
 def _backward_sums(backward, table, targets, Bc, Vc, ubar):
     """(cbar, Bcbar, Fsum, xbar) of a backward kernel (None: nothing tabulated), summed over its PARTS
     private copies (fixed, so results do not depend on threads)."""
@@ -1201,7 +1259,8 @@ def _backward_sums(backward, table, targets, Bc, Vc, ubar):
     Fsum = np.zeros((parts, M, 3, table.d))
     xbar = np.zeros((targets.shape[0], 3))
     if backward is not None:
-        backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, cbar, Bcbar, Fsum, xbar)
+        skip = VJP_SKIP * float(np.abs(ubar).sum(axis=1).max(initial=0.0))
+        backward(targets, Bc, Vc, *table.lookup, table.coef, ubar, skip, cbar, Bcbar, Fsum, xbar)
     return cbar.sum(axis=0), Bcbar.sum(axis=0), Fsum.sum(axis=0), xbar
 
 

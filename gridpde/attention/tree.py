@@ -122,7 +122,8 @@ def _tree_forward(targets, Bc, Vc, base, lo, binv, nb, grid, cen, rh, n0, n1, n2
 
 
 @kernel(parallel=True)
-def _tree_backward(targets, Bc, Vc, lo, binv, nb, grid, cen, rh, n0, n1, n2, coef, ubar, cbar, Bcbar, Fsum, xbar):
+def _tree_backward(targets, Bc, Vc, lo, binv, nb, grid, cen, rh, n0, n1, n2, coef, ubar, skip, cbar, Bcbar, Fsum,
+                   xbar):  # fmt: skip
     """Per-part cotangents of :func:`_tree_forward` (as :func:`gridpde.attention.table._table_backward`,
     with the tree's look-up; cbar (parts, P, nc, L) per leaf)."""
     T = targets.shape[0]
@@ -143,7 +144,7 @@ def _tree_backward(targets, Bc, Vc, lo, binv, nb, grid, cen, rh, n0, n1, n2, coe
         u = np.zeros(3)
         for ch in range(part, nchunks, nparts):
             for t in range(ch * CHUNK, min(T, (ch + 1) * CHUNK)):
-                if ubar[t, 0] == 0.0 and ubar[t, 1] == 0.0 and ubar[t, 2] == 0.0:
+                if abs(ubar[t, 0]) + abs(ubar[t, 1]) + abs(ubar[t, 2]) <= skip:
                     continue
                 for j in range(M):
                     leaf = _leaf_of(targets, t, Bc, j, lo, binv, nb, grid, u)
