@@ -163,17 +163,23 @@ def _kind(a: dict) -> str:
     return fs.stall_kind(a["lam_min"], a["resolution"], asym, a["predicted_drop"])
 
 
+def _stored(path: Path, case) -> tuple[dict, Heads | None]:
+    """(attributes, end heads or None for a failed run) of a minima run's file."""
+    with h5py.File(path) as f:
+        if "heads" not in f:
+            return dict(f.attrs), None
+        return dict(f.attrs), Heads(*(f["heads"][k][()] for k in HEAD_ARRAYS), case.heads.scale_scores)
+
+
 def _extend(path: Path, case, args) -> None:
     """Train a run that stopped on its time limit on from its stored end heads (towards 1e-6 of its
     first risk), up to ``--time-limit`` + ``--extend`` seconds in all; the file then holds the whole
     run's figures. Idempotent: a run whose budget is already that large is left alone."""
     budget = args.time_limit + args.extend
-    with h5py.File(path) as f:
-        a = dict(f.attrs)
-        if ("failed" in a or a["kind"] == "reached" or not str(a["message"]).startswith("time limit")
-                or float(a["time_limit"]) >= budget):
-            return
-        heads = Heads(*(f["heads"][k][()] for k in HEAD_ARRAYS), case.heads.scale_scores)
+    a, heads = _stored(path, case)
+    if ("failed" in a or a["kind"] == "reached" or not str(a["message"]).startswith("time limit")
+            or float(a["time_limit"]) >= budget):
+        return
     t0 = time.perf_counter()
     extra = budget - float(a["time_limit"])
     run = fs.spurious_run(case, start=heads, risk0=float(a["risk0"]), time_limit=extra,
@@ -201,12 +207,8 @@ def _extend(path: Path, case, args) -> None:
 def _classify_later(path: Path, case, args) -> None:
     """A stall left "unclassified" (more entries than --hessian-max had) is classified when a
     later call allows it: the run is not repeated, its end heads are read back."""
-    with h5py.File(path) as f:
-        attrs = dict(f.attrs)
-        if attrs.get("kind") != "unclassified":
-            return
-        heads = Heads(*(f["heads"][k][()] for k in HEAD_ARRAYS), case.heads.scale_scores)
-    if heads.flat().size > args.hessian_max:
+    attrs, heads = _stored(path, case)
+    if attrs.get("kind") != "unclassified" or heads.flat().size > args.hessian_max:
         return
     t0 = time.perf_counter()
     attrs.update(_stall_attrs(case, args.method, heads))
