@@ -168,8 +168,8 @@ class Stall:
 
 
 #: a difference Hessian less symmetric than this (relative) is not a second derivative: the risk
-#: has a kink within eps (the grid's upwind fluxes switch); measured 5e-9..4e-5 where it is smooth
-#: (every particle and 1-head grid stall), 2e-4..1 at the 1-D grid's wider "minima"
+#: has a kink within eps (the grid's upwind fluxes switch). Measured on the 1-D grid's stalls:
+#: 5e-9..4e-5 at its saddles and one-head minima, 2e-4..1 at every "minimum" of its wider students
 ASYMMETRY_MAX = 1e-4
 
 
